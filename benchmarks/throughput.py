@@ -1,0 +1,88 @@
+"""Replay core throughput on one core, and state size per key. Prints JSON.
+
+Generates a 200 000-event JSONL file with 100 keys of realistic answers (a few hundred to
+a few thousand characters), then replays it through the same code path as ``driftmon
+replay`` (parse → features → detectors), pinned to one CPU.
+
+    python benchmarks/throughput.py [--events 200000] [--keys 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from driftmon.core.pipeline import Pipeline
+from driftmon.settings import Settings
+from driftmon.synthetic import generate
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--keys", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "events.jsonl"
+        with open(path, "w") as fh:
+            for line in generate(args.events, n_keys=args.keys, seed=1):
+                fh.write(line + "\n")
+        lines = path.read_bytes().splitlines()
+    sizes = [len(x) for x in lines]
+    settings = Settings()
+
+    rates = []
+    pipeline = Pipeline(settings)
+    for _ in range(args.repeats):
+        pipeline = Pipeline(settings)
+        gc.collect()
+        start = time.perf_counter()
+        for i, line in enumerate(lines):
+            pipeline.process(line, i)
+        rates.append(len(lines) / (time.perf_counter() - start))
+
+    snapshot = pipeline.monitor.snapshot()
+    n_keys = len(pipeline.monitor)
+    # Live heap of a monitor fed the same stream, per key.
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    fresh = Pipeline(settings)
+    for i, line in enumerate(lines):
+        fresh.process(line, i)
+    gc.collect()
+    heap = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "replay_core_throughput",
+                "events": len(lines),
+                "keys": n_keys,
+                "mean_event_bytes": round(statistics.mean(sizes)),
+                "median_event_bytes": statistics.median(sizes),
+                "cpu_pinned": hasattr(os, "sched_setaffinity"),
+                "events_per_second_runs": [round(r) for r in rates],
+                "events_per_second_median": round(statistics.median(rates)),
+                "snapshot_bytes_per_key": round(len(snapshot) / max(n_keys, 1)),
+                "heap_bytes_per_key": round(heap / max(n_keys, 1)),
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+import sys
+
+from driftmon.cli import main
+
+sys.exit(main())

@@ -1,0 +1,256 @@
+"""The one place river detectors are built and calibrated.
+
+A :class:`FeatureStream` watches one feature of one key. It learns a reference from its
+first ``warmup`` values, standardises later values against it, and feeds them to a
+two-sided Page-Hinkley test with a frozen reference (Page's CUSUM) and to ADWIN. The
+reference keeps improving while the stream is quiet: values are collected in a block
+that is merged into the reference only when the block is as large as the reference
+(doubling), so a shift is never averaged into the reference it is being compared with
+before it has had a whole block's worth of events to be detected. After a detection the
+reference is learned again from post-change data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from river.drift import ADWIN, PageHinkley
+
+from driftmon.core.calibration import adwin_delta, ph_threshold_binary, ph_threshold_continuous
+
+DETECTORS = ("page_hinkley", "adwin")
+Kind = Literal["continuous", "binary"]
+
+Z_CLIP = 4.0  # bounds the influence of one outlier on the CUSUM and on ADWIN
+N_QUANTILES = 64
+EWMA_CURRENT = 0.02  # "current" value shown beside the baseline: ~50-event memory
+_SQRT2 = math.sqrt(2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    warmup: int = 300
+    k: float = 0.25  # CUSUM drift in reference standard deviations: tuned to ~0.5σ shifts
+    page_hinkley: bool = True
+    adwin: bool = True
+    adwin_clock: int = 4
+
+
+class _FrozenMean:
+    """Stands in for river's running mean so Page-Hinkley compares with a fixed 0."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, x: float) -> None:
+        self.n += 1
+
+    def get(self) -> float:
+        return 0.0
+
+
+class FrozenPageHinkley(PageHinkley):
+    """river's two-sided Page-Hinkley on standardised input with a frozen reference of 0.
+
+    With ``alpha=1`` this is Page's CUSUM; river's own running mean would absorb a shift
+    into the reference it is compared with.
+
+    >>> import random
+    >>> rng = random.Random(7)
+    >>> ph = FrozenPageHinkley(delta=0.5, threshold=15.0)
+    >>> stream = [rng.gauss(0, 1) for _ in range(1000)] + [rng.gauss(1.5, 1) for _ in range(100)]
+    >>> next(i for i, z in enumerate(stream) if (ph.update(z), ph.drift_detected)[1])
+    1016
+    """
+
+    def __init__(self, delta: float, threshold: float) -> None:
+        super().__init__(min_instances=1, delta=delta, threshold=threshold, alpha=1.0)
+
+    def _reset(self) -> None:
+        super()._reset()  # type: ignore[no-untyped-call]
+        self._x_mean = _FrozenMean()  # type: ignore[assignment]
+
+    @property
+    def statistic(self) -> float:
+        """The larger of the upward and downward CUSUM values."""
+        up = self._sum_increase - self._min_increase if self._x_mean.n else 0.0
+        down = self._max_decrease - self._sum_decrease if self._x_mean.n else 0.0
+        return float(max(up, down, 0.0))
+
+
+@dataclass(slots=True)
+class Alarm:
+    """One detector firing on one feature stream (the pipeline adds key and position)."""
+
+    feature: str
+    detector: str
+    baseline: float
+    current: float
+    statistic: float
+    threshold: float
+
+
+class FeatureStream:
+    """Reference, detectors and display values of one feature of one key."""
+
+    __slots__ = (
+        "_adwin",
+        "_blk_n",
+        "_blk_sum",
+        "_blk_sumsq",
+        "_config",
+        "_inv_sd",
+        "_mean",
+        "_ph",
+        "_ref_sum",
+        "_ref_sumsq",
+        "_warm",
+        "_z0",
+        "_z1",
+        "_z_quantiles",
+        "current",
+        "events_since_detection",
+        "kind",
+        "n",
+        "name",
+        "ref_n",
+        "target_arl",
+    )
+
+    def __init__(self, name: str, kind: Kind, target_arl: float, config: DetectorConfig) -> None:
+        self.name = name
+        self.kind: Kind = kind
+        self.target_arl = target_arl
+        self._config = config
+        self.n = 0  # values seen
+        self.current = math.nan
+        self.events_since_detection = -1  # -1: never detected
+        self._relearn()
+
+    # -- reference ------------------------------------------------------------------
+    def _relearn(self) -> None:
+        self._warm: list[float] | None = []
+        self._ph: FrozenPageHinkley | None = None
+        self._adwin: ADWIN | None = None
+        self.ref_n = 0
+        self._mean = 0.0
+        self._inv_sd = 1.0
+        self._z0 = self._z1 = 0.0
+        self._z_quantiles: np.ndarray | None = None
+        self._blk_n = 0
+        self._blk_sum = self._blk_sumsq = 0.0
+        self._ref_sum = self._ref_sumsq = 0.0
+
+    @property
+    def learning(self) -> bool:
+        return self._warm is not None
+
+    @property
+    def baseline(self) -> float:
+        return self._mean if self.ref_n else math.nan
+
+    def _finish_warmup(self, values: list[float]) -> None:
+        arr = np.asarray(values, dtype=np.float64)
+        n = len(arr)
+        self._warm = None
+        if self.kind == "continuous":
+            mean = float(arr.mean())
+            sd = float(arr.std(ddof=1))
+            sd = sd if sd > 1e-9 * max(1.0, abs(mean)) else max(1e-9, 1e-3 * abs(mean))
+            z = np.clip((arr - mean) / sd, -Z_CLIP, Z_CLIP)
+            self._z_quantiles = np.quantile(z, (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES)
+        self._blk_n = n
+        self._blk_sum = float(arr.sum())
+        self._blk_sumsq = float((arr * arr).sum())
+        self._merge_block()
+        cfg = self._config
+        if cfg.adwin:
+            self._adwin = ADWIN(  # type: ignore[no-untyped-call]
+                delta=adwin_delta(self.target_arl, self.kind), clock=cfg.adwin_clock
+            )
+
+    def _merge_block(self) -> None:
+        """Fold the quiet block into the reference and re-derive the thresholds."""
+        self.ref_n += self._blk_n
+        self._ref_sum += self._blk_sum
+        self._ref_sumsq += self._blk_sumsq
+        n = self.ref_n
+        self._mean = mean = self._ref_sum / n
+        if self.kind == "binary":
+            p = (self._ref_sum + 0.5) / (n + 1.0)
+            sd = math.sqrt(p * (1.0 - p))
+            self._z1, self._z0 = (1.0 - p) / sd, -p / sd
+            threshold = ph_threshold_binary(
+                round(self._ref_sum), n, self._config.k, self.target_arl
+            )
+        else:
+            var = max((self._ref_sumsq - n * mean * mean) / max(n - 1, 1), 0.0)
+            sd = math.sqrt(var) if var > 1e-18 else max(1e-9, 1e-3 * abs(mean))
+            self._inv_sd = 1.0 / sd
+            assert self._z_quantiles is not None
+            threshold = ph_threshold_continuous(
+                self._z_quantiles, self._config.k, n, self.target_arl
+            )
+        self._blk_n = 0
+        self._blk_sum = self._blk_sumsq = 0.0
+        if self._config.page_hinkley:
+            self._ph = FrozenPageHinkley(delta=self._config.k, threshold=threshold)
+
+    # -- per event ------------------------------------------------------------------
+    def update(self, x: float) -> Alarm | None:
+        """Feed one value; returns the alarm if a detector fired on it."""
+        self.n += 1
+        cur = self.current
+        self.current = x if cur != cur else cur + EWMA_CURRENT * (x - cur)
+        if self.events_since_detection >= 0:
+            self.events_since_detection += 1
+        warm = self._warm
+        if warm is not None:
+            warm.append(x)
+            if len(warm) >= self._config.warmup:
+                self._finish_warmup(warm)
+            return None
+        if self.kind == "binary":
+            z = self._z1 if x >= 0.5 else self._z0
+            a_in = 1.0 if x >= 0.5 else 0.0
+        else:
+            z = (x - self._mean) * self._inv_sd
+            z = Z_CLIP if z > Z_CLIP else (-Z_CLIP if z < -Z_CLIP else z)
+            a_in = 0.5 + 0.5 * math.erf(z / _SQRT2)
+            self._blk_sumsq += x * x
+        self._blk_n += 1
+        self._blk_sum += x
+        ph = self._ph
+        if ph is not None:
+            ph.update(z)  # type: ignore[no-untyped-call]
+            if ph.drift_detected:
+                return self._alarm("page_hinkley", ph.statistic, ph.threshold)
+        adwin = self._adwin
+        if adwin is not None:
+            adwin.update(a_in)  # type: ignore[no-untyped-call]
+            if adwin.drift_detected:
+                return self._alarm("adwin", math.nan, adwin.delta)
+        if self._blk_n >= self.ref_n:
+            self._merge_block()
+        return None
+
+    def _alarm(self, detector: str, statistic: float, threshold: float) -> Alarm:
+        alarm = Alarm(self.name, detector, self._mean, self.current, statistic, threshold)
+        self.events_since_detection = 0
+        self._relearn()
+        return alarm
+
+    # -- display --------------------------------------------------------------------
+    def statistics(self) -> dict[str, tuple[float, float]]:
+        """detector → (statistic, threshold) for metrics; ADWIN reports its window width."""
+        out: dict[str, tuple[float, float]] = {}
+        if self._ph is not None:
+            out["page_hinkley"] = (self._ph.statistic, float(self._ph.threshold))
+        if self._adwin is not None:
+            out["adwin"] = (float(self._adwin.width), float(self._adwin.delta))
+        return out

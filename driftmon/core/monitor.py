@@ -1,0 +1,193 @@
+"""Per-(endpoint, model) detector state: update, eviction, snapshot and restore.
+
+Time is passed in by the caller; the core never reads the wall clock.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from driftmon.core.detectors import DetectorConfig, FeatureStream, Kind
+
+SNAPSHOT_VERSION = 1
+
+# Everything else (0/1 format and contract features) is watched as a rate.
+CONTINUOUS_FEATURES = frozenset(
+    {
+        "output_chars",
+        "output_tokens",
+        "list_items",
+        "paragraphs",
+        "sentence_words",
+        "feedback",
+        "latency",
+        "embedding_distance",
+    }
+)
+
+
+def feature_kind(name: str) -> Kind:
+    return "continuous" if name in CONTINUOUS_FEATURES else "binary"
+
+
+@dataclass(slots=True)
+class Detection:
+    """A detector firing on one feature of one key (SPEC §3 report object, plus extras)."""
+
+    endpoint: str
+    model: str
+    feature: str
+    detector: str
+    baseline: float
+    current: float
+    statistic: float
+    threshold: float
+    key_events: int
+    timestamp: float | None
+    event_index: int = -1
+    kind: str = "drift"
+
+    def report(self) -> dict[str, Any]:
+        """The replay report's detection object (SPEC §3)."""
+        return {
+            "event_index": self.event_index,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "feature": self.feature,
+            "detector": self.detector,
+            "kind": self.kind,
+            "baseline": round(self.baseline, 6),
+            "current": round(self.current, 6),
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class KeyState:
+    endpoint: str
+    model: str
+    target_arl: float
+    events: int = 0
+    last_seen: float | None = None
+    streams: dict[str, FeatureStream] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    events_per_false_alarm: float = 1_000_000.0
+    max_keys: int = 10_000
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+
+
+class Monitor:
+    """Keyed feature streams, capped at ``max_keys`` with least-recently-seen eviction.
+
+    ``feature_count(endpoint)`` tells how many features an endpoint can produce; the key's
+    false-alarm budget is split evenly over all of them and over both detectors.
+    """
+
+    def __init__(self, config: MonitorConfig, feature_count: Callable[[str], int]) -> None:
+        self.config = config
+        self._feature_count = feature_count
+        self._keys: OrderedDict[tuple[str, str], KeyState] = OrderedDict()
+        self.keys_evicted = 0
+        self._evicted: list[KeyState] = []
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def key_states(self) -> list[KeyState]:
+        return list(self._keys.values())
+
+    def get(self, endpoint: str, model: str) -> KeyState | None:
+        return self._keys.get((endpoint, model))
+
+    def drain_evicted(self) -> list[KeyState]:
+        """Keys evicted since the last call (the daemon removes their metric series)."""
+        out, self._evicted = self._evicted, []
+        return out
+
+    def _key(self, endpoint: str, model: str, now: float | None) -> KeyState:
+        keys = self._keys
+        k = (endpoint, model)
+        state = keys.get(k)
+        if state is None:
+            cfg = self.config
+            n_detectors = max(1, self._feature_count(endpoint)) * max(
+                1, int(cfg.detector.page_hinkley) + int(cfg.detector.adwin)
+            )
+            state = KeyState(endpoint, model, cfg.events_per_false_alarm * n_detectors)
+            keys[k] = state
+            while len(keys) > cfg.max_keys:
+                _, old = keys.popitem(last=False)
+                self.keys_evicted += 1
+                self._evicted.append(old)
+        else:
+            keys.move_to_end(k)
+        state.last_seen = now
+        return state
+
+    def update(
+        self, endpoint: str, model: str, features: dict[str, float], now: float | None
+    ) -> list[Detection]:
+        """Feed one event's features to its key; returns the detections it triggered."""
+        state = self._key(endpoint, model, now)
+        state.events += 1
+        streams = state.streams
+        found: list[Detection] = []
+        for name, value in features.items():
+            stream = streams.get(name)
+            if stream is None:
+                stream = FeatureStream(
+                    name, feature_kind(name), state.target_arl, self.config.detector
+                )
+                streams[name] = stream
+            alarm = stream.update(value)
+            if alarm is not None:
+                found.append(
+                    Detection(
+                        endpoint,
+                        model,
+                        alarm.feature,
+                        alarm.detector,
+                        alarm.baseline,
+                        alarm.current,
+                        alarm.statistic,
+                        alarm.threshold,
+                        state.events,
+                        now,
+                    )
+                )
+        return found
+
+    # -- persistence ----------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The whole state, version-stamped. Pickle: checkpoints are local, trusted files."""
+        payload = {
+            "version": SNAPSHOT_VERSION,
+            "config": self.config,
+            "keys": self._keys,
+            "keys_evicted": self.keys_evicted,
+        }
+        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot taken by :meth:`snapshot`."""
+        payload = pickle.loads(data)
+        version = payload.get("version") if isinstance(payload, dict) else None
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"snapshot version {version!r} is not {SNAPSHOT_VERSION}: start from scratch "
+                "or replay from the topic's retention"
+            )
+        if payload["config"] != self.config:
+            raise ValueError("snapshot was taken with other detector settings")
+        self._keys = payload["keys"]
+        self.keys_evicted = payload["keys_evicted"]
+        self._evicted = []

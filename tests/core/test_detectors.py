@@ -1,0 +1,68 @@
+import random
+
+from driftmon.core.detectors import DetectorConfig, FeatureStream
+
+
+def _stream(kind="continuous", target=1e6, **cfg):
+    return FeatureStream("f", kind, target, DetectorConfig(**cfg))
+
+
+def test_no_detection_during_warmup_even_on_wild_values():
+    s = _stream(warmup=100)
+    rng = random.Random(0)
+    assert all(s.update(rng.uniform(-1e6, 1e6)) is None for _ in range(99))
+    assert s.learning
+
+
+def test_reference_is_learned_then_frozen_statistics_exposed():
+    s = _stream(warmup=100)
+    rng = random.Random(1)
+    for _ in range(100):
+        s.update(rng.gauss(10.0, 2.0))
+    assert not s.learning
+    assert abs(s.baseline - 10.0) < 0.6
+    stats = s.statistics()
+    assert set(stats) == {"page_hinkley", "adwin"}
+    assert stats["page_hinkley"][1] > 5  # a calibrated threshold, not river's default 50
+
+
+def test_one_shift_gives_one_detection_then_relearns():
+    s = _stream(warmup=300)
+    rng = random.Random(2)
+    alarms = []
+    for i in range(3000):
+        x = rng.gauss(0.0, 1.0) if i < 1500 else rng.gauss(1.0, 1.0)
+        a = s.update(x)
+        if a is not None:
+            alarms.append((i, a))
+    assert len(alarms) == 1
+    index, alarm = alarms[0]
+    assert 1500 <= index < 1600
+    assert alarm.baseline < 0.2 and alarm.current > 0.4
+    # After the detection the reference is learned again from post-change data.
+    assert abs(s.baseline - 1.0) < 0.2
+
+
+def test_rate_shift_is_detected_on_a_binary_feature():
+    s = _stream(kind="binary", warmup=300)
+    rng = random.Random(3)
+    first = None
+    for i in range(4000):
+        p = 0.05 if i < 2000 else 0.30
+        if s.update(1.0 if rng.random() < p else 0.0) is not None and first is None:
+            first = i
+    assert first is not None and 2000 <= first < 2300
+
+
+def test_downward_shift_is_detected():
+    s = _stream(warmup=300)
+    rng = random.Random(4)
+    hits = [i for i in range(3000) if s.update(rng.gauss(5.0 if i < 1500 else 4.2, 1.0))]
+    assert hits and 1500 <= hits[0] < 1700
+
+
+def test_seeded_stream_detects_at_an_exact_index():
+    s = _stream(warmup=300)
+    rng = random.Random(11)
+    hits = [i for i in range(2000) if s.update(rng.gauss(0.0 if i < 1000 else 0.8, 1.0))]
+    assert hits == [1062]
