@@ -52,14 +52,11 @@ themselves up front: on 13k real answers (alpaca_eval, LLMDrift sensitive questi
 default patterns find 492 refusals in the first 300 characters and 506 in the full texts,
 and the search costs ~1 µs instead of one that grows with the answer."""
 
-# One match per line that is a list item (captures the space after the marker), a code fence
-# (captures the fence) or blank (captures "" — or "\n…" for a run of several blank lines — and
-# stops before the newline of the next non-blank line, so that line is still examined).
-# The literal "\n" prefix lets the regex engine skip between lines in C; `*+` is possessive so
-# indentation cannot be given back to look like a marker's space.
+# One match per list item ("\n" + indentation + marker), code fence ("\n" + indentation + fence)
+# and run of blank lines ("\n" exactly, at its first empty line). The literal "\n" prefix lets
+# the regex engine skip between lines in C, and plain lines fail on their first character.
 _LINE_HEADS: Final = re.compile(
-    r"\n[ \t]*+(?:(?:[-*+]|[0-9]{1,9}[.)])(?=[ \t]))?"
-    r"([ \t]|```|~~~|(?:\n[ \t]*+(?=\n))*(?=\n))"
+    r"\n(?:(?=\n)(?<!\n\n)|[ \t]*+(?:(?:[-*+]|[0-9]{1,9}[.)])(?=[ \t])|```|~~~))"
 )
 _MARKDOWN_START: Final = re.compile(r"#{1,6}(?:\s|$)|(?:[-*+]|[0-9]{1,9}[.)])[ \t]")
 _BOLD_STARS: Final = re.compile(r"\*\*[^\s*](?:[^\n]*?[^\s*])?\*\*")
@@ -97,9 +94,7 @@ def _compile_refusals(patterns: list[str]) -> list[re.Pattern[str]]:
     for p in patterns:
         upper = any(c.isupper() for c in re.sub(r"\\.", "", p))
         groups.setdefault((p[:1], upper), []).append(p)
-    return [
-        rx for (_, upper), g in groups.items() for rx in _compile_any(g, re.I if upper else 0)
-    ]
+    return [rx for (_, upper), g in groups.items() for rx in _compile_any(g, re.I if upper else 0)]
 
 
 def _reject_constant(name: str) -> Any:
@@ -203,17 +198,14 @@ class FeatureExtractor:
             body = body.replace("\r\n", "\n").replace("\r", "\n")
         text = "\n" + body  # the first line gets a leading newline like every other line
         heads = _LINE_HEADS.findall(text)
-        items = heads.count(" ") + (heads.count("\t") if "\t" in body else 0)
-        fence = False
+        runs = heads.count("\n")
         fences = 0
         if "`" in body or "~" in body:
-            fences = heads.count("```") + heads.count("~~~")
-            fence = fences > 0
-        runs = len(heads) - items - fences
-        blank = runs
-        if runs != heads.count(""):  # some run has several blank lines: count them all
-            blank += "".join(h for h in heads if h[:1] == "\n").count("\n")
-        nonblank = text.count("\n") - blank
+            fences = sum(1 for h in heads if h[-1] in "`~")
+        items = len(heads) - runs - fences
+        # Lines that are not blank; a run of several blank lines counts once (rare, and it only
+        # adds a sentence).
+        nonblank = text.count("\n") - runs
 
         # Sentences end at line ends and at ". ", "? ", "! " inside a line.
         sentences = nonblank + len(_PERIOD_END.findall(text))
@@ -225,7 +217,9 @@ class FeatureExtractor:
         # markers are not words. Indentation and double spaces count as extra words (cheap, and
         # exact for ordinary prose).
         if len(body) < _ADLER_MOD:
-            spaces = (zlib.adler32(body.encode("utf-8", "surrogatepass").translate(_SPACE_BYTES)) - 1) & 0xFFFF
+            spaces = (
+                zlib.adler32(body.encode("utf-8", "surrogatepass").translate(_SPACE_BYTES)) - 1
+            ) & 0xFFFF
         else:
             spaces = body.count(" ") + body.count("\t")
         words = spaces + nonblank - items
@@ -239,7 +233,7 @@ class FeatureExtractor:
         return {
             "output_chars": log1p(len(output)),
             "empty_output": 0.0,
-            "code_fence": 1.0 if fence else 0.0,
+            "code_fence": 1.0 if fences else 0.0,
             "markdown_start": 1.0 if _MARKDOWN_START.match(body) else 0.0,
             "markdown_bold": 1.0 if bold else 0.0,
             "list_items": log1p(items),

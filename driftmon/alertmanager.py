@@ -1,0 +1,391 @@
+"""Drift alerts out to Alertmanager (API v2, ``POST /api/v2/alerts``; SPEC §6).
+
+The truth is two dicts: alerts currently firing, and resolves not yet delivered. The send queue
+is only transport: whatever it drops or fails to deliver, the next resend covers. One background
+thread does all network I/O, so ``fire()`` and ``resolve()`` never wait for Alertmanager.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import structlog
+
+from driftmon.metrics import Metrics
+from driftmon.settings import AlertmanagerSettings
+
+ALERTNAME: Final = "LLMOutputDrift"
+MAX_ALERTS_PER_POST: Final = 1000
+# Firing alerts carry endsAt this many resend intervals ahead, so a crashed driftmon's alerts
+# resolve by themselves in Alertmanager.
+ENDS_AT_RESEND_INTERVALS: Final = 4
+
+log = structlog.get_logger(__name__)
+
+AlertKey = tuple[str, str, str]
+"""(endpoint, model, feature): the identity of one alert."""
+
+Outcome = Literal["ok", "error", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Alert:
+    key: AlertKey
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float
+    # None while firing: endsAt is then computed when posting, so a late delivery is not stale.
+    ends_at: float | None
+
+
+class AlertSender:
+    """Keeps drift alerts firing in Alertmanager, resolves them, never blocks the caller.
+
+    >>> from driftmon.settings import AlertmanagerSettings
+    >>> sender = AlertSender(AlertmanagerSettings(), None)  # no urls: state only, nothing sent
+    >>> sender.fire("chat", "m1", "output_chars", detector="adwin", baseline=6.8,
+    ...             current=7.4, events_since_onset=120, detected_at=1_700_000_000.0)
+    >>> sorted(sender.active())
+    [('chat', 'm1', 'output_chars')]
+    >>> sender.resolve("chat", "m1", "output_chars")
+    >>> sender.active()
+    set()
+    >>> sender.close(1.0)
+    """
+
+    def __init__(
+        self,
+        settings: AlertmanagerSettings,
+        metrics: Metrics | None,
+        clock: Callable[[], float] = time.time,
+        *,
+        initial_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self._metrics = metrics
+        self._clock = clock
+        self._endpoints = [_alerts_endpoint(url) for url in settings.urls]
+        self._ssl_context = ssl_context(settings)
+        self._firing: dict[AlertKey, _Alert] = {}
+        self._pending_resolves: dict[AlertKey, _Alert] = {}
+        self._queue: OrderedDict[AlertKey, _Alert] = OrderedDict()
+        self._cond = threading.Condition()
+        self._next_resend = clock() + settings.resend_interval_seconds
+        self._deadline: float | None = None
+        self._abort = threading.Event()
+        self._thread: threading.Thread | None = None
+        if self._endpoints:
+            self._thread = threading.Thread(
+                target=self._run, name="driftmon-alertmanager", daemon=True
+            )
+            self._thread.start()
+
+    def fire(
+        self,
+        endpoint: str,
+        model: str,
+        feature: str,
+        *,
+        detector: str,
+        baseline: float,
+        current: float,
+        events_since_onset: int,
+        detected_at: float,
+    ) -> None:
+        """Mark the alert firing and queue it; a re-fire updates annotations, keeps startsAt.
+
+        ``detected_at`` (epoch seconds) becomes startsAt and the ``detected_at`` annotation.
+        """
+        key = (endpoint, model, feature)
+        with self._cond:
+            previous = self._firing.get(key)
+            alert = _Alert(
+                key=key,
+                labels=self._labels(key),
+                annotations=_annotations(
+                    key, detector, baseline, current, events_since_onset, detected_at
+                ),
+                # Alertmanager rejects startsAt after endsAt: clamp event-time clock skew.
+                starts_at=min(detected_at, self._clock())
+                if previous is None
+                else previous.starts_at,
+                ends_at=None,
+            )
+            self._firing[key] = alert
+            self._pending_resolves.pop(key, None)
+            self._enqueue(alert)
+
+    def resolve(self, endpoint: str, model: str, feature: str) -> None:
+        """Post the alert once with endsAt = now (kept until delivered); no-op if not firing."""
+        key = (endpoint, model, feature)
+        with self._cond:
+            firing = self._firing.pop(key, None)
+            if firing is None:
+                return
+            resolved = _Alert(
+                key=key,
+                labels=firing.labels,
+                annotations=firing.annotations,
+                starts_at=firing.starts_at,
+                ends_at=max(self._clock(), firing.starts_at),
+            )
+            if self._thread is not None:
+                self._pending_resolves[key] = resolved
+                self._enqueue(resolved)
+
+    def tick(self) -> None:
+        """Re-send firing alerts and undelivered resolves when the resend interval is due."""
+        now = self._clock()
+        if now < self._next_resend:
+            return
+        with self._cond:
+            self._next_resend = now + self.settings.resend_interval_seconds
+            for alert in (*self._firing.values(), *self._pending_resolves.values()):
+                self._enqueue(alert)
+
+    def active(self) -> set[AlertKey]:
+        """Keys currently firing."""
+        with self._cond:
+            return set(self._firing)
+
+    def queued(self) -> int:
+        """Alerts waiting for the sender thread (not counting a batch being sent)."""
+        with self._cond:
+            return len(self._queue)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what can be delivered within ``timeout`` seconds, then stop the thread.
+
+        Firing alerts are left firing: they resolve in Alertmanager when their endsAt passes.
+        """
+        with self._cond:
+            if self._deadline is None:
+                self._deadline = time.monotonic() + timeout
+            self._cond.notify_all()
+        if self._thread is None:
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abort.set()
+            with self._cond:
+                self._cond.notify_all()
+            self._thread.join(0.5)
+        with self._cond:
+            unsent = len(self._queue)
+        if unsent:
+            log.warning("alerts not delivered before shutdown", alerts=unsent)
+
+    def _labels(self, key: AlertKey) -> dict[str, str]:
+        endpoint, model, feature = key
+        severity = self.settings.severity.get(feature, self.settings.default_severity)
+        # The identifying labels win over a static label of the same name.
+        return {
+            **self.settings.static_labels,
+            "alertname": ALERTNAME,
+            "endpoint": endpoint,
+            "model": model,
+            "feature": feature,
+            "severity": severity,
+        }
+
+    def _enqueue(self, alert: _Alert) -> None:
+        """Queue under the lock; a key already queued is replaced, never duplicated."""
+        if self._thread is None or self._deadline is not None:
+            return
+        if alert.key in self._queue:
+            del self._queue[alert.key]
+        elif len(self._queue) >= self.settings.queue_size:
+            self._queue.popitem(last=False)
+            if self._metrics is not None:
+                self._metrics.alert_queue_dropped.inc()
+        self._queue[alert.key] = alert
+        self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and self._deadline is None:
+                    self._cond.wait()
+                if not self._queue or self._abort.is_set():
+                    return
+                count = min(len(self._queue), MAX_ALERTS_PER_POST)
+                batch = [self._queue.popitem(last=False)[1] for _ in range(count)]
+            self._deliver(batch)
+
+    def _deliver(self, batch: list[_Alert]) -> None:
+        settled = True
+        for url in self._endpoints:
+            outcome = self._post_with_retries(url, batch)
+            if self._metrics is not None:
+                self._metrics.alerts_sent.labels(outcome).inc(len(batch))
+            # A rejected alert will never be accepted: retrying it forever helps nobody.
+            settled = settled and outcome != "error"
+        if not settled:
+            return
+        with self._cond:
+            for alert in batch:
+                if alert.ends_at is not None and self._pending_resolves.get(alert.key) is alert:
+                    del self._pending_resolves[alert.key]
+
+    def _post_with_retries(self, url: str, batch: list[_Alert]) -> Outcome:
+        delay = self.initial_backoff
+        error = ""
+        attempts = 0
+        while attempts <= self.settings.max_retries:
+            timeout = self._remaining(self.settings.timeout_seconds)
+            if timeout <= 0:
+                break
+            attempts += 1
+            try:
+                self._post(url, self._payload(batch), timeout)
+            except urllib.error.HTTPError as exc:
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    log.warning(
+                        "alertmanager rejected alerts",
+                        url=url,
+                        alerts=len(batch),
+                        status=exc.code,
+                        response=_read_error(exc),
+                    )
+                    return "rejected"
+                error = f"HTTP {exc.code}"
+            except (OSError, http.client.HTTPException) as exc:
+                error = str(exc) or type(exc).__name__
+            else:
+                log.debug("alerts sent", url=url, alerts=len(batch), attempts=attempts)
+                return "ok"
+            log.debug("alertmanager send failed", url=url, error=error, attempt=attempts)
+            if attempts > self.settings.max_retries or not self._pause(delay):
+                break
+            delay = min(delay * 2, self.max_backoff)
+        log.warning(
+            "alertmanager unreachable; alerts kept for the next resend",
+            url=url,
+            alerts=len(batch),
+            attempts=attempts,
+            error=error,
+        )
+        return "error"
+
+    def _remaining(self, limit: float) -> float:
+        """``limit``, cut short by the shutdown deadline; 0 when aborting."""
+        if self._abort.is_set():
+            return 0.0
+        if self._deadline is None:
+            return limit
+        return min(limit, self._deadline - time.monotonic())
+
+    def _pause(self, delay: float) -> bool:
+        """Sleep between retries; False when shutdown leaves no time for another attempt."""
+        end = time.monotonic() + delay
+        with self._cond:
+            while not self._abort.is_set():
+                if self._deadline is not None and self._deadline < end:
+                    return False
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return True
+                # close() notifies, so a shutdown does not sit out a long backoff.
+                self._cond.wait(remaining)
+        return False
+
+    def _payload(self, batch: list[_Alert]) -> bytes:
+        now = self._clock()
+        ends_ahead = ENDS_AT_RESEND_INTERVALS * self.settings.resend_interval_seconds
+        alerts: list[dict[str, Any]] = []
+        for alert in batch:
+            ends_at = now + ends_ahead if alert.ends_at is None else alert.ends_at
+            item: dict[str, Any] = {
+                "labels": alert.labels,
+                "annotations": alert.annotations,
+                "startsAt": rfc3339(alert.starts_at),
+                "endsAt": rfc3339(ends_at),
+            }
+            if self.settings.generator_url:
+                item["generatorURL"] = self.settings.generator_url
+            alerts.append(item)
+        return json.dumps(alerts).encode()
+
+    def _post(self, url: str, body: bytes, timeout: float) -> None:
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        authorization = self._authorization()
+        if authorization is not None:
+            request.add_header("Authorization", authorization)
+        with urllib.request.urlopen(request, timeout=timeout, context=self._ssl_context) as resp:
+            resp.read()
+
+    def _authorization(self) -> str | None:
+        token = self.settings.token()  # read per request: token files get rotated
+        if token is not None:
+            return f"Bearer {token}"
+        if self.settings.username is not None:
+            password = self.settings.password
+            secret = "" if password is None else password.get_secret_value()
+            raw = f"{self.settings.username}:{secret}".encode()
+            return "Basic " + base64.b64encode(raw).decode("ascii")
+        return None
+
+
+def _annotations(
+    key: AlertKey,
+    detector: str,
+    baseline: float,
+    current: float,
+    events_since_onset: int,
+    detected_at: float,
+) -> dict[str, str]:
+    endpoint, model, feature = key
+    return {
+        "summary": f"{feature} drifted on {endpoint} / {model}",
+        "description": (
+            f"{feature} moved from baseline {baseline:.4g} to {current:.4g} "
+            f"(detector {detector}, {events_since_onset} events since onset)"
+        ),
+        "detected_at": rfc3339(detected_at),
+    }
+
+
+def rfc3339(timestamp: float) -> str:
+    """Epoch seconds → RFC 3339 UTC with milliseconds, e.g. ``2023-11-14T22:13:20.000Z``."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ssl_context(settings: AlertmanagerSettings) -> ssl.SSLContext:
+    if not settings.tls_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    cafile = None if settings.ca_file is None else str(settings.ca_file)
+    return ssl.create_default_context(cafile=cafile)
+
+
+def _alerts_endpoint(url: str) -> str:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"alertmanager.urls: {url!r} must start with http:// or https://")
+    return url.rstrip("/") + "/api/v2/alerts"
+
+
+def _read_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        return exc.read(500).decode("utf-8", "replace")
+    except OSError:
+        return ""

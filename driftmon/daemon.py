@@ -1,0 +1,388 @@
+"""``driftmon run``: the Kafka daemon around the core.
+
+One Pipeline (and so one Monitor) per assigned partition, checkpointed with the offset it
+reflects. The loop polls a batch, processes it, updates metrics and alerts once per batch,
+and checkpoints every N events or T seconds, on revoke and on shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import structlog
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
+
+from driftmon import kafka as kafka_io
+from driftmon.alertmanager import AlertSender
+from driftmon.checkpoint import Checkpoint, CheckpointStore, DirectoryCheckpointStore
+from driftmon.core.detectors import DETECTORS
+from driftmon.core.features import FeatureExtractor
+from driftmon.core.monitor import Detection, KeyState, Monitor
+from driftmon.core.pipeline import Pipeline
+from driftmon.metrics import Metrics, serve
+from driftmon.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+EXIT_OK, EXIT_FATAL = 0, 1
+SHUTDOWN_TIMEOUT = 30.0
+METRICS_REFRESH_SECONDS = 5.0
+
+
+@dataclass
+class PartitionState:
+    pipeline: Pipeline
+    next_offset: int | None = None
+    events_since_checkpoint: int = 0
+    active_drifts: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs on kafka-python's IO thread, where blocking consumer calls are refused: the
+    daemon's handlers only touch local state, files and non-blocking consumer calls."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.daemon.partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.daemon.partitions_assigned(assigned)
+
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        self.daemon.partitions_lost(lost)
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        store: CheckpointStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.store = store or DirectoryCheckpointStore(settings.state.dir)
+        self.alerts = AlertSender(settings.alertmanager, self.metrics, clock=clock)
+        self.extractor = FeatureExtractor(settings)
+        self.partitions: dict[TopicPartition, PartitionState] = {}
+        self.should_exit = False
+        self.on_detection: Callable[[Detection], None] | None = None
+        self._last_poll = 0.0
+        self._last_checkpoint = time.monotonic()
+        self._last_refresh = 0.0
+        self._consumer: Any = None
+        self._producer: Any = None
+
+    # -- signals and health -----------------------------------------------------------
+    def request_exit(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self.should_exit = True
+
+    def ready(self) -> bool:
+        return bool(self.partitions) and time.monotonic() - self._last_poll < 30.0
+
+    def monitors(self) -> Iterator[tuple[TopicPartition, Monitor]]:
+        for tp, state in list(self.partitions.items()):
+            yield tp, state.pipeline.monitor
+
+    # -- rebalancing ----------------------------------------------------------------
+    def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in sorted(assigned):
+            state = PartitionState(Pipeline(self.settings, extractor=self.extractor))
+            ckpt = self.store.load(tp.topic, tp.partition)
+            if ckpt is not None:
+                try:
+                    state.pipeline.monitor.restore(ckpt.state)
+                except ValueError as exc:
+                    log.warning(
+                        "checkpoint not usable, starting fresh",
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        error=str(exc),
+                    )
+                    ckpt = None
+            if ckpt is not None:
+                # The state reflects every record before ckpt.offset: resume exactly there.
+                self._consumer.seek(tp, ckpt.offset)
+                state.next_offset = ckpt.offset
+            self.partitions[tp] = state
+            log.info(
+                "partition assigned",
+                topic=tp.topic,
+                partition=tp.partition,
+                restored_offset=ckpt.offset if ckpt else None,
+            )
+
+    def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        owned = [tp for tp in revoked if tp in self.partitions]
+        self.checkpoint(owned, blocking_commit=False)
+        for tp in owned:
+            self._drop(tp)
+
+    def partitions_lost(self, lost: set[TopicPartition]) -> None:
+        # Another member may own these now: drop without saving or committing.
+        for tp in lost:
+            if tp in self.partitions:
+                self._drop(tp)
+
+    def _drop(self, tp: TopicPartition) -> None:
+        state = self.partitions.pop(tp)
+        for key in state.pipeline.monitor.key_states():
+            self._remove_key_series(key)
+        self.metrics.remove_partition_lag(tp.topic, tp.partition)
+
+    def _remove_key_series(self, key: KeyState) -> None:
+        self.metrics.remove_key(key.endpoint, key.model, list(key.streams), DETECTORS)
+
+    # -- checkpoints ----------------------------------------------------------------
+    def checkpoint(
+        self, tps: list[TopicPartition] | None = None, *, blocking_commit: bool = True
+    ) -> None:
+        """Flush outputs, write state atomically, then commit offsets — in that order.
+
+        Inside a rebalance callback the commit is sent without waiting: the state file
+        already holds the offset, so a lost commit costs re-reading, never state.
+        """
+        targets = [
+            tp
+            for tp in (tps if tps is not None else list(self.partitions))
+            if tp in self.partitions and self.partitions[tp].next_offset is not None
+        ]
+        if not targets:
+            return
+        # Dead letters and detections of the checkpointed records must be durable first.
+        self._producer.flush(timeout=30)
+        now = self.clock()
+        offsets = {}
+        for tp in targets:
+            state = self.partitions[tp]
+            assert state.next_offset is not None
+            self.store.save(
+                Checkpoint(
+                    tp.topic,
+                    tp.partition,
+                    state.next_offset,
+                    state.pipeline.monitor.snapshot(),
+                    now,
+                )
+            )
+            state.events_since_checkpoint = 0
+            offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
+        try:
+            if blocking_commit:
+                self._consumer.commit(offsets)
+            else:
+                self._consumer.commit_async(offsets)
+        except (CommitFailedError, RebalanceInProgressError) as exc:
+            # The state file already holds the offset; the next owner resumes from it
+            # (here) or from the last committed offset with fresh state (elsewhere).
+            log.warning("offset commit failed", error=type(exc).__name__)
+        self.metrics.checkpoints.inc()
+        self._last_checkpoint = time.monotonic()
+        log.info(
+            "checkpoint",
+            partitions={f"{tp.topic}-{tp.partition}": o.offset for tp, o in offsets.items()},
+        )
+
+    def _checkpoint_due(self) -> bool:
+        s = self.settings.state
+        return any(
+            p.events_since_checkpoint >= s.checkpoint_every_events for p in self.partitions.values()
+        ) or (time.monotonic() - self._last_checkpoint >= s.checkpoint_every_seconds)
+
+    # -- processing -----------------------------------------------------------------
+    def process_batch(self, batch: dict[TopicPartition, list[Any]]) -> int:
+        key_counts: Counter[tuple[str, str]] = Counter()
+        n = 0
+        for tp, records in batch.items():
+            state = self.partitions.get(tp)
+            if state is None:
+                continue
+            process = state.pipeline.process
+            for rec in records:
+                ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
+                out = process(rec.value if rec.value is not None else b"", rec.offset, ts)
+                if out.rejection is not None:
+                    self.metrics.events_rejected.labels(out.rejection.reason).inc()
+                    kafka_io.send_dead_letter(
+                        self._producer,
+                        self.settings.kafka.dead_letter_topic,
+                        value=rec.value,
+                        key=rec.key,
+                        rejection=out.rejection,
+                        source_topic=tp.topic,
+                        partition=tp.partition,
+                        offset=rec.offset,
+                    )
+                elif out.event is not None:
+                    key_counts[(out.event.endpoint, out.event.model)] += 1
+                for det in out.detections:
+                    self._detected(tp, rec.offset, det, state)
+            n += len(records)
+            state.next_offset = records[-1].offset + 1 if records else state.next_offset
+            state.events_since_checkpoint += len(records)
+        for (ep, model), count in key_counts.items():
+            self.metrics.events.labels(ep, model).inc(count)
+        return n
+
+    def _detected(
+        self, tp: TopicPartition, offset: int, det: Detection, state: PartitionState
+    ) -> None:
+        m = self.metrics
+        ts = det.timestamp if det.timestamp is not None else self.clock()
+        m.drift_detections.labels(det.endpoint, det.model, det.feature, det.detector).inc()
+        m.drift_active.labels(det.endpoint, det.model, det.feature).set(1)
+        m.last_detection_timestamp.labels(det.endpoint, det.model, det.feature).set(ts)
+        state.active_drifts.add((det.endpoint, det.model, det.feature))
+        self.alerts.fire(
+            det.endpoint,
+            det.model,
+            det.feature,
+            detector=det.detector,
+            baseline=det.baseline,
+            current=det.current,
+            events_since_onset=det.key_events,
+            detected_at=ts,
+        )
+        self._producer.send(
+            self.settings.kafka.detections_topic,
+            key=f"{det.endpoint}|{det.model}".encode(),
+            value=kafka_io.detection_record(
+                det, topic=tp.topic, partition=tp.partition, offset=offset
+            ),
+        )
+        log.info(
+            "drift detected",
+            endpoint=det.endpoint,
+            model=det.model,
+            feature=det.feature,
+            detector=det.detector,
+            baseline=round(det.baseline, 4),
+            current=round(det.current, 4),
+            partition=tp.partition,
+            offset=offset,
+        )
+        if self.on_detection is not None:
+            self.on_detection(det)
+
+    def refresh_metrics(self) -> None:
+        """Gauges and resolutions, at most every few seconds: never per event."""
+        m = self.metrics
+        quiet_after = self.settings.alertmanager.resolve_after_quiet_events
+        warmup = self.settings.detectors.warmup_events
+        n_keys = 0
+        for tp, state in self.partitions.items():
+            monitor = state.pipeline.monitor
+            n_keys += len(monitor)
+            evicted = monitor.drain_evicted()
+            for key in evicted:
+                self._remove_key_series(key)
+            if evicted:
+                m.keys_evicted.inc(len(evicted))
+            for key in monitor.key_states():
+                for name, stream in key.streams.items():
+                    labels = (key.endpoint, key.model, name)
+                    m.feature_value.labels(*labels).set(stream.current)
+                    m.feature_baseline.labels(*labels).set(stream.baseline)
+                    for det, (stat, thr) in stream.statistics().items():
+                        m.detector_statistic.labels(*labels, det).set(stat)
+                        m.detector_threshold.labels(*labels, det).set(thr)
+            for ep, model, feature in list(state.active_drifts):
+                key_state = monitor.get(ep, model)
+                watched = key_state.streams.get(feature) if key_state else None
+                if watched is None or (
+                    not watched.learning and watched.events_since_detection >= warmup + quiet_after
+                ):
+                    state.active_drifts.discard((ep, model, feature))
+                    m.drift_active.labels(ep, model, feature).set(0)
+                    self.alerts.resolve(ep, model, feature)
+            high = self._consumer.highwater(tp)
+            pos = state.next_offset
+            if high is not None and pos is not None:
+                m.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - pos, 0))
+        m.keys.set(n_keys)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def run(self) -> int:
+        k = self.settings.kafka
+        server, _ = serve(
+            self.registry, self.settings.metrics.host, self.settings.metrics.port, self.ready
+        )
+        log.info(
+            "starting",
+            bootstrap=k.bootstrap_servers,
+            topics=k.topics,
+            group=k.group_id,
+            metrics_port=server.server_address[1],
+        )
+        try:
+            self._producer = kafka_io.make_producer(k)
+            self._consumer = kafka_io.make_consumer(k)
+            kafka_io.subscribe(self._consumer, k.topics, _Listener(self))
+            while not self.should_exit:
+                batch = self._consumer.poll(
+                    timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records
+                )
+                self._last_poll = time.monotonic()
+                if batch:
+                    n = self.process_batch(batch)
+                    log.debug("batch", records=n)
+                now = time.monotonic()
+                if now - self._last_refresh >= METRICS_REFRESH_SECONDS:
+                    self.refresh_metrics()
+                    self._last_refresh = now
+                self.alerts.tick()
+                if self._checkpoint_due():
+                    self.checkpoint()
+        except KafkaError as exc:
+            log.error("kafka error", error=repr(exc))
+            return EXIT_FATAL
+        finally:
+            self._shutdown(server)
+        return EXIT_OK
+
+    def _shutdown(self, server: Any) -> None:
+        watchdog = threading.Timer(SHUTDOWN_TIMEOUT, lambda: os._exit(EXIT_FATAL))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if self._consumer is not None:
+                self.refresh_metrics()
+                self.checkpoint()
+                # Everything is saved and committed: the revoke callback of close() has
+                # nothing left to do.
+                self.partitions.clear()
+                self._consumer.close(autocommit=False)
+            if self._producer is not None:
+                self._producer.close(timeout=10)
+            self.alerts.close(timeout=5)
+        finally:
+            server.shutdown()
+            server.server_close()
+            watchdog.cancel()
+            log.info("stopped")
+
+
+def run(settings: Settings) -> int:
+    """Entry point of ``driftmon run``: signals set the exit flag, the loop ends cleanly."""
+    daemon = Daemon(settings)
+    signal.signal(signal.SIGTERM, daemon.request_exit)
+    signal.signal(signal.SIGINT, daemon.request_exit)
+    return daemon.run()

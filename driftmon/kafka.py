@@ -1,0 +1,123 @@
+"""Kafka at the edge: client settings, the consumer and producer, dead letters, detections.
+
+Producers of LLM-output events should key each message by ``endpoint|model``: Kafka then
+keeps one key's events in one partition, in order, and driftmon (which keeps detector
+state per assigned partition) sees each key's whole stream in one place. Unkeyed events
+still work, but a key spread over several partitions is watched separately in each.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+
+from driftmon.core.events import Rejection
+from driftmon.core.monitor import Detection
+from driftmon.settings import KafkaSettings
+
+DLQ_HEADERS = (
+    "driftmon-reason",
+    "driftmon-detail",
+    "driftmon-source-topic",
+    "driftmon-source-partition",
+    "driftmon-source-offset",
+)
+
+
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings shared by consumer and producer."""
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol.startswith("SASL"):
+        cfg["sasl_mechanism"] = settings.sasl_mechanism
+        cfg["sasl_plain_username"] = settings.sasl_username
+        cfg["sasl_plain_password"] = settings.password()
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        cfg["ssl_check_hostname"] = settings.ssl_check_hostname
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(settings, key)
+            if value is not None:
+                cfg[key] = str(value)
+    return cfg
+
+
+def make_consumer(settings: KafkaSettings) -> KafkaConsumer:
+    """A group consumer with manual commits; subscribe it with a rebalance listener."""
+    return KafkaConsumer(
+        **client_config(settings),
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.auto_offset_reset,
+        max_poll_records=settings.max_poll_records,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        fetch_max_bytes=max(52_428_800, settings.max_message_bytes * 4),
+        max_partition_fetch_bytes=max(1_048_576, settings.max_message_bytes * 2),
+    )
+
+
+def subscribe(
+    consumer: KafkaConsumer, topics: list[str], listener: ConsumerRebalanceListener
+) -> None:
+    consumer.subscribe(topics=topics, listener=listener)
+
+
+def make_producer(settings: KafkaSettings) -> KafkaProducer:
+    """Producer for dead letters and detections: durable (acks=all), batched."""
+    return KafkaProducer(
+        **client_config(settings),
+        acks="all",
+        linger_ms=20,
+        retries=2_147_483_647,
+        max_request_size=max(1_048_576, settings.max_message_bytes + 65_536),
+    )
+
+
+def send_dead_letter(
+    producer: KafkaProducer,
+    topic: str,
+    *,
+    value: bytes | None,
+    key: bytes | None,
+    rejection: Rejection,
+    source_topic: str,
+    partition: int,
+    offset: int,
+) -> None:
+    """Produce the rejected record unchanged, with why and where it came from in headers."""
+    headers = list(
+        zip(
+            DLQ_HEADERS,
+            (
+                rejection.reason.encode(),
+                rejection.detail.encode("utf-8", "replace"),
+                source_topic.encode(),
+                str(partition).encode(),
+                str(offset).encode(),
+            ),
+            strict=True,
+        )
+    )
+    producer.send(topic, value=value, key=key, headers=headers)
+
+
+def detection_record(detection: Detection, *, topic: str, partition: int, offset: int) -> bytes:
+    """The replay report's detection object plus where it happened, as JSON."""
+    body = detection.report()
+    body.update(
+        {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "detected_at": detection.timestamp,
+            "statistic": detection.statistic,
+            "threshold": detection.threshold,
+            "key_events": detection.key_events,
+        }
+    )
+    return json.dumps(body, sort_keys=True).encode()

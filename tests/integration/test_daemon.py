@@ -1,0 +1,251 @@
+"""The daemon as a real process against a real Kafka-protocol broker and Alertmanager."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driftmon.kafka import DLQ_HEADERS
+from driftmon.replay import replay
+from driftmon.settings import Settings
+from driftmon.synthetic import Upgrade, generate
+from driftmon.tansu import EmbeddedBroker
+from tests.support import (
+    Alertmanager,
+    DaemonProcess,
+    consume_all,
+    create_topic,
+    http_get,
+    metric,
+    needs_alertmanager,
+    produce,
+    running,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "llm-outputs"
+ENDPOINTS = {"sql-assistant": {"format": "json"}}
+N_EVENTS = 8000
+UPGRADE_AT = 4000
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
+        create_topic(b.bootstrap, TOPIC, partitions=1)
+        yield b
+
+
+def stream(bad_every: int = 0, n: int = N_EVENTS) -> list[str]:
+    upgrade = Upgrade(endpoint="sql-assistant", at_event=UPGRADE_AT)
+    return list(generate(n, n_keys=4, seed=3, upgrade=upgrade, bad_line_every=bad_every))
+
+
+def settings_for(
+    broker: EmbeddedBroker, tmp_path: Path, **sections: dict[str, Any]
+) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": [broker.bootstrap],
+            "topics": [TOPIC],
+            "group_id": "driftmon-test",
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "max_poll_records": 500,
+        },
+        "state": {"dir": str(tmp_path / "state"), "checkpoint_every_events": 1000},
+        "endpoints": ENDPOINTS,
+        "logging": {"level": "info", "format": "json"},
+        "embeddings": {"enabled": False},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return base
+
+
+def expected_detections(lines: list[str], tmp_path: Path) -> list[tuple[int, str, str, str]]:
+    """What the core finds on the same input, replayed offline."""
+    path = tmp_path / "input.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = replay([str(path)], Settings(endpoints=ENDPOINTS))
+    return sorted((d.event_index, d.endpoint, d.feature, d.detector) for d in result.detections)
+
+
+def detections_topic(broker: EmbeddedBroker) -> list[tuple[int, str, str, str]]:
+    """Detections the daemon produced, de-duplicated by source offset (at-least-once)."""
+    seen = set()
+    for rec in consume_all(broker.bootstrap, "driftmon.detections"):
+        d = json.loads(rec.value)
+        seen.add((d["offset"], d["endpoint"], d["feature"], d["detector"]))
+    return sorted(seen)
+
+
+def caught_up(daemon: DaemonProcess) -> bool:
+    return metric(daemon.metrics(), "driftmon_consumer_lag", topic=TOPIC, partition="0") == 0
+
+
+def wait_consumed(daemon: DaemonProcess, n: int, timeout: float = 120.0) -> None:
+    wait_for(lambda: daemon.events_seen() >= n, timeout=timeout, every=0.5)
+
+
+@needs_alertmanager
+def test_shift_fires_one_alert_per_drifting_feature(broker, tmp_path):
+    am = Alertmanager(tmp_path / "am").start()
+    try:
+        lines = stream()
+        produce(broker.bootstrap, TOPIC, lines)
+        cfg = settings_for(broker, tmp_path, alertmanager={"urls": [am.url]})
+        with running(DaemonProcess(tmp_path, cfg)) as daemon:
+            daemon.wait_ready()
+            wait_consumed(daemon, len(lines))
+            expected = expected_detections(lines, tmp_path)
+            drifting = {(ep, f) for _, ep, f, _ in expected}
+            assert drifting, "the upgrade must be detected"
+            assert {ep for ep, _ in drifting} == {"sql-assistant"}
+
+            def delivered() -> list[dict[str, Any]]:
+                got = am.alerts()
+                return got if len(got) >= len(drifting) else []
+
+            alerts = wait_for(delivered, timeout=30)
+            keys = [(a["labels"]["endpoint"], a["labels"]["feature"]) for a in alerts]
+            assert sorted(keys) == sorted(drifting)  # exactly one alert per drifting feature
+            assert all(a["labels"]["alertname"] == "LLMOutputDrift" for a in alerts)
+            body = daemon.metrics()
+            for ep, feature in drifting:
+                assert (
+                    metric(
+                        body,
+                        "driftmon_drift_active",
+                        endpoint=ep,
+                        feature=feature,
+                        model="gpt-4o-mini-2024-07-18",
+                    )
+                    == 1.0
+                )
+            assert metric(body, "driftmon_alerts_sent_total", status="ok") >= len(drifting)
+            assert detections_topic(broker) == expected
+    finally:
+        am.stop()
+
+
+def test_bad_messages_go_to_the_dead_letter_topic_and_are_counted(broker, tmp_path):
+    lines = stream(bad_every=50, n=2000)
+    produce(broker.bootstrap, TOPIC, lines)
+    produce(broker.bootstrap, TOPIC, [b"\xff\xfe not utf-8", b"x" * 200_000])
+    cfg = settings_for(broker, tmp_path, kafka={"max_message_bytes": 100_000})
+    with running(DaemonProcess(tmp_path, cfg)) as daemon:
+        daemon.wait_ready()
+        wait_consumed(daemon, len(lines) + 2)
+        body = daemon.metrics()
+    dead = consume_all(broker.bootstrap, "driftmon.dead-letter")
+    assert len(dead) == 2000 // 50 + 2
+    reasons: dict[str, int] = {}
+    for rec in dead:
+        headers = dict(rec.headers)
+        assert set(DLQ_HEADERS) <= set(headers)
+        assert headers["driftmon-source-topic"] == TOPIC.encode()
+        reasons[headers["driftmon-reason"].decode()] = (
+            reasons.get(headers["driftmon-reason"].decode(), 0) + 1
+        )
+        offset = int(headers["driftmon-source-offset"])
+        original = lines[offset].encode() if offset < len(lines) else None
+        if original is not None:
+            assert rec.value == original  # produced unchanged
+    assert reasons["too_large"] == 1
+    for reason, count in reasons.items():
+        assert metric(body, "driftmon_events_rejected_total", reason=reason) == count
+
+
+def test_sigterm_is_clean_and_resumes_without_loss(broker, tmp_path):
+    lines = stream()
+    cfg = settings_for(broker, tmp_path)
+    produce(broker.bootstrap, TOPIC, lines[:5000])
+    first = DaemonProcess(tmp_path, cfg)
+    with running(first):
+        first.wait_ready()
+        wait_consumed(first, 5000)
+        first.signal(signal.SIGTERM)
+        assert first.wait(timeout=40) == 0, first.tail()
+    assert "checkpoint" in first.log.read_text()
+    produce(broker.bootstrap, TOPIC, lines[5000:])
+    second = DaemonProcess(tmp_path, cfg)
+    with running(second):
+        second.wait_ready()
+        # The second run sees only the records after the first run's checkpoint.
+        wait_consumed(second, len(lines) - 5000)
+        time.sleep(1.0)
+        assert second.events_seen() == len(lines) - 5000
+    assert detections_topic(broker) == expected_detections(lines, tmp_path)
+
+
+def test_kill_9_at_a_random_point_gives_the_same_detections(broker, tmp_path):
+    lines = stream()
+    produce(broker.bootstrap, TOPIC, lines)
+    cfg = settings_for(broker, tmp_path, state={"checkpoint_every_events": 700})
+    kill_at = random.Random().randint(1500, 6500)
+    first = DaemonProcess(tmp_path, cfg)
+    with running(first):
+        first.wait_ready()
+        wait_for(lambda: first.events_seen() >= kill_at, timeout=120, every=0.05)
+        first.signal(signal.SIGKILL)
+        first.wait()
+    with running(DaemonProcess(tmp_path, cfg)) as second:
+        second.wait_ready()
+        # It resumes from its last checkpoint, before the kill point, and reads to the end.
+        wait_for(lambda: caught_up(second), timeout=120, every=0.5)
+    got = detections_topic(broker)
+    assert got == expected_detections(lines, tmp_path), f"killed at {kill_at}"
+
+
+def test_broker_freeze_is_survived(broker, tmp_path):
+    lines = stream(n=6000)
+    produce(broker.bootstrap, TOPIC, lines[:3000])
+    with running(DaemonProcess(tmp_path, settings_for(broker, tmp_path))) as daemon:
+        daemon.wait_ready()
+        wait_consumed(daemon, 3000)
+        broker.pause()
+        try:
+            time.sleep(30)
+            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.tail()
+            assert http_get(f"{daemon.url}/healthz")[0] == 200
+        finally:
+            broker.resume()
+        produce(broker.bootstrap, TOPIC, lines[3000:])
+        wait_consumed(daemon, len(lines), timeout=180)
+        assert daemon.proc.poll() is None
+
+
+@needs_alertmanager
+def test_alertmanager_down_during_detection_gets_the_alert_later(broker, tmp_path):
+    am = Alertmanager(tmp_path / "am")  # port reserved, not started yet
+    lines = stream()
+    produce(broker.bootstrap, TOPIC, lines)
+    cfg = settings_for(
+        broker, tmp_path, alertmanager={"urls": [am.url], "resend_interval_seconds": 3}
+    )
+    with running(DaemonProcess(tmp_path, cfg)) as daemon:
+        daemon.wait_ready()
+        wait_consumed(daemon, len(lines))
+        body = daemon.metrics()
+        assert (metric(body, "driftmon_alerts_sent_total", status="ok") or 0) == 0
+        assert any(
+            line.startswith("driftmon_drift_active{") and line.endswith(" 1.0")
+            for line in body.decode().splitlines()
+        )
+        am.start()
+        try:
+            alerts = wait_for(am.alerts, timeout=60)
+            assert {a["labels"]["endpoint"] for a in alerts} == {"sql-assistant"}
+        finally:
+            am.stop()

@@ -1,0 +1,522 @@
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+
+from driftmon.alertmanager import AlertSender, rfc3339, ssl_context
+from driftmon.metrics import Metrics
+from driftmon.settings import AlertmanagerSettings
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+needs_alertmanager = pytest.mark.skipif(
+    shutil.which(ALERTMANAGER) is None,
+    reason=f"{ALERTMANAGER} not installed (Debian package prometheus-alertmanager)",
+)
+FAST = {"initial_backoff": 0.02, "max_backoff": 0.2}
+DETECTION: dict[str, Any] = {
+    "detector": "page_hinkley",
+    "baseline": 6.8,
+    "current": 7.42,
+    "events_since_onset": 120,
+    "detected_at": 1_700_000_000.0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.02)
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> Metrics:
+    return Metrics(registry, version="test")
+
+
+def sent(registry: CollectorRegistry, status: str) -> float:
+    value = registry.get_sample_value("driftmon_alerts_sent_total", {"status": status})
+    return 0.0 if value is None else value
+
+
+@contextlib.contextmanager
+def sender(
+    settings: AlertmanagerSettings, metrics: Metrics | None, **kwargs: Any
+) -> Iterator[AlertSender]:
+    alerts = AlertSender(settings, metrics, **{**FAST, **kwargs})
+    try:
+        yield alerts
+    finally:
+        alerts.close(2.0)
+
+
+# --- a tiny stdlib HTTP server standing in for Alertmanager -------------------------------
+
+
+class Recorder:
+    """Records POSTs; answers with the queued statuses, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.requests: list[tuple[dict[str, str], Any]] = []
+        self.lock = threading.Lock()
+
+    def handle(self, headers: dict[str, str], body: bytes) -> int:
+        with self.lock:
+            self.requests.append((headers, json.loads(body)))
+            return self.statuses.pop(0) if self.statuses else 200
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+
+@contextlib.contextmanager
+def recording_server(recorder: Recorder) -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            assert self.path == "/api/v2/alerts"
+            status = recorder.handle(dict(self.headers), body)
+            reply = b"" if status == 200 else b"bad alert"
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- payloads, retries, queue ---------------------------------------------------------------
+
+
+def test_payload_labels_annotations_and_times(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    recorder = Recorder()
+    clock = Clock()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(
+            urls=[url],
+            static_labels={"team": "ml", "endpoint": "ignored"},
+            severity={"refusal": "critical"},
+            generator_url="https://grafana.example/d/drift",
+            resend_interval_seconds=30,
+        )
+        with sender(settings, metrics, clock=clock) as alerts:
+            alerts.fire("support-chat", "gpt-4o", "output_chars", **DETECTION)
+            alerts.fire("support-chat", "gpt-4o", "refusal", **DETECTION)
+            wait_for(lambda: sum(len(body) for _, body in recorder.requests) == 2)
+    headers, _ = recorder.requests[0]
+    assert headers["Content-Type"] == "application/json"
+    assert "Authorization" not in headers
+    by_feature = {a["labels"]["feature"]: a for _, body in recorder.requests for a in body}
+    chars = by_feature["output_chars"]
+    assert chars["labels"] == {
+        "alertname": "LLMOutputDrift",
+        "endpoint": "support-chat",
+        "model": "gpt-4o",
+        "feature": "output_chars",
+        "severity": "warning",
+        "team": "ml",
+    }
+    assert chars["annotations"] == {
+        "summary": "output_chars drifted on support-chat / gpt-4o",
+        "description": "output_chars moved from baseline 6.8 to 7.42 "
+        "(detector page_hinkley, 120 events since onset)",
+        "detected_at": "2023-11-14T22:13:20.000Z",
+    }
+    assert chars["startsAt"] == "2023-11-14T22:13:20.000Z"
+    assert chars["endsAt"] == rfc3339(clock.now + 4 * 30)
+    assert chars["generatorURL"] == "https://grafana.example/d/drift"
+    assert by_feature["refusal"]["labels"]["severity"] == "critical"
+    assert sent(registry, "ok") == 2
+
+
+def test_detection_time_in_the_future_is_clamped(metrics: Metrics) -> None:
+    recorder = Recorder()
+    clock = Clock()
+    with (
+        recording_server(recorder) as url,
+        sender(AlertmanagerSettings(urls=[url]), metrics, clock=clock) as alerts,
+    ):
+        future = {**DETECTION, "detected_at": clock.now + 3600}
+        alerts.fire("chat", "m1", "output_chars", **future)
+        alerts.resolve("chat", "m1", "output_chars")
+        wait_for(
+            lambda: any(
+                a["endsAt"]
+                for _, body in recorder.requests
+                for a in body
+                if a["startsAt"] == a["endsAt"]
+            )
+        )
+    last = recorder.requests[-1][1][-1]
+    assert last["startsAt"] == last["endsAt"] == rfc3339(clock.now)
+    assert last["annotations"]["detected_at"] == rfc3339(clock.now + 3600)
+
+
+def test_4xx_is_counted_rejected_and_not_retried(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    recorder = Recorder(statuses=[400])
+    with recording_server(recorder) as url:
+        with sender(AlertmanagerSettings(urls=[url]), metrics) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: sent(registry, "rejected") == 1)
+            time.sleep(0.3)
+        assert recorder.count() == 1
+    assert sent(registry, "ok") == sent(registry, "error") == 0
+
+
+def test_5xx_is_retried_with_backoff(registry: CollectorRegistry, metrics: Metrics) -> None:
+    recorder = Recorder(statuses=[500, 503])
+    with (
+        recording_server(recorder) as url,
+        sender(AlertmanagerSettings(urls=[url], max_retries=3), metrics) as alerts,
+    ):
+        alerts.fire("chat", "m1", "output_chars", **DETECTION)
+        wait_for(lambda: sent(registry, "ok") == 1)
+    assert recorder.count() == 3
+    assert sent(registry, "error") == 0
+
+
+def test_gives_up_after_max_retries_and_counts_error(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with sender(AlertmanagerSettings(urls=[url], max_retries=2), metrics) as alerts:
+        alerts.fire("chat", "m1", "output_chars", **DETECTION)
+        wait_for(lambda: sent(registry, "error") == 1)
+        assert alerts.active() == {("chat", "m1", "output_chars")}
+
+
+def test_failures_log_one_warning_per_batch(registry: CollectorRegistry, metrics: Metrics) -> None:
+    recorder = Recorder(statuses=[422])
+    with structlog.testing.capture_logs() as logs:
+        with (
+            recording_server(recorder) as url,
+            sender(AlertmanagerSettings(urls=[url]), metrics) as alerts,
+        ):
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: sent(registry, "rejected") == 1)
+        down = f"http://127.0.0.1:{free_port()}"
+        with sender(AlertmanagerSettings(urls=[down], max_retries=2), metrics) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: sent(registry, "error") == 1)
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert [(w["event"], w["alerts"]) for w in warnings] == [
+        ("alertmanager rejected alerts", 1),
+        ("alertmanager unreachable; alerts kept for the next resend", 1),
+    ]
+    assert warnings[0]["status"] == 422
+    assert warnings[0]["response"] == "bad alert"
+    assert warnings[1]["attempts"] == 3
+
+
+def test_basic_auth_header_is_sent(metrics: Metrics) -> None:
+    recorder = Recorder()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(urls=[url], username="drift", password=SecretStr("s3cr:t"))
+        with sender(settings, metrics) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: recorder.count() == 1)
+    headers, _ = recorder.requests[0]
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"drift:s3cr:t").decode()
+
+
+def test_bearer_token_file_is_sent(metrics: Metrics, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123\n")
+    recorder = Recorder()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(urls=[url], bearer_token_file=token_file)
+        with sender(settings, metrics) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: recorder.count() == 1)
+    assert recorder.requests[0][0]["Authorization"] == "Bearer tok-123"
+
+
+def test_queue_overflow_drops_oldest_and_counts(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    settings = AlertmanagerSettings(urls=[url], queue_size=2, max_retries=100)
+    with sender(settings, metrics, initial_backoff=10.0, max_backoff=10.0) as alerts:
+        alerts.fire("chat", "m1", "f0", **DETECTION)
+        wait_for(lambda: alerts.queued() == 0)  # the sender thread is now stuck retrying f0
+        for feature in ("f1", "f2", "f3"):
+            alerts.fire("chat", "m1", feature, **DETECTION)
+        alerts.fire("chat", "m1", "f3", **DETECTION)  # already queued: replaced, not dropped
+        assert alerts.queued() == 2
+        assert registry.get_sample_value("driftmon_alert_queue_dropped_total") == 1
+        assert len(alerts.active()) == 4
+
+
+def test_fire_and_resolve_never_block_on_a_hung_alertmanager(metrics: Metrics) -> None:
+    with socket.socket() as hung:  # accepts connections, never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        settings = AlertmanagerSettings(urls=[url], timeout_seconds=30, queue_size=50)
+        alerts = AlertSender(settings, metrics, initial_backoff=0.02, max_backoff=0.2)
+        started = time.monotonic()
+        for i in range(200):
+            alerts.fire("chat", "m1", f"f{i}", **DETECTION)
+            alerts.resolve("chat", "m1", f"f{i}")
+            alerts.tick()
+        assert time.monotonic() - started < 0.5
+        started = time.monotonic()
+        alerts.close(0.5)
+        assert time.monotonic() - started < 2.0
+
+
+def test_firing_alerts_are_resent_each_interval(metrics: Metrics) -> None:
+    recorder = Recorder()
+    clock = Clock()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(urls=[url], resend_interval_seconds=60)
+        with sender(settings, metrics, clock=clock) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: recorder.count() == 1)
+            clock.now += 59
+            alerts.tick()
+            time.sleep(0.2)
+            assert recorder.count() == 1
+            clock.now += 1
+            alerts.tick()
+            wait_for(lambda: recorder.count() == 2)
+    (resent,) = recorder.requests[1][1]
+    assert resent["endsAt"] == rfc3339(clock.now + 4 * 60)
+    assert resent["startsAt"] == rfc3339(DETECTION["detected_at"])
+
+
+def test_undelivered_resolve_is_kept_until_delivered(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    recorder = Recorder(statuses=[200, 503])  # the first resolve attempt fails
+    clock = Clock()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(urls=[url], max_retries=0, resend_interval_seconds=60)
+        with sender(settings, metrics, clock=clock) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: recorder.count() == 1)
+            alerts.resolve("chat", "m1", "output_chars")
+            resolved_at = clock.now
+            wait_for(lambda: sent(registry, "error") == 1)
+            assert alerts.active() == set()
+            clock.now += 60
+            alerts.tick()
+            wait_for(lambda: sent(registry, "ok") == 2)
+            clock.now += 60
+            alerts.tick()  # delivered: nothing left to send
+            time.sleep(0.2)
+    assert recorder.count() == 3
+    (retried,) = recorder.requests[2][1]
+    assert retried["endsAt"] == rfc3339(resolved_at)
+
+
+def test_close_flushes_queued_alerts(metrics: Metrics) -> None:
+    recorder = Recorder()
+    with recording_server(recorder) as url:
+        alerts = AlertSender(AlertmanagerSettings(urls=[url]), metrics)
+        alerts.fire("chat", "m1", "output_chars", **DETECTION)
+        alerts.resolve("chat", "m1", "output_chars")
+        alerts.fire("chat", "m1", "refusal", **DETECTION)
+        alerts.close(5.0)
+        delivered = {
+            (a["labels"]["feature"], a["endsAt"]) for _, body in recorder.requests for a in body
+        }
+    assert {feature for feature, _ in delivered} == {"output_chars", "refusal"}
+
+
+def test_without_urls_state_is_kept_and_nothing_is_sent() -> None:
+    alerts = AlertSender(AlertmanagerSettings(), None)
+    alerts.fire("chat", "m1", "output_chars", **DETECTION)
+    alerts.tick()
+    assert alerts.active() == {("chat", "m1", "output_chars")}
+    assert alerts.queued() == 0
+    alerts.resolve("chat", "m1", "output_chars")
+    alerts.resolve("chat", "m1", "never-fired")
+    assert alerts.active() == set()
+    alerts.close(0.1)
+
+
+def test_url_without_scheme_fails_at_start_up() -> None:
+    with pytest.raises(ValueError, match=r"alertmanager\.urls"):
+        AlertSender(AlertmanagerSettings(urls=["alertmanager:9093"]), None)
+
+
+def test_tls_settings_build_the_ssl_context(tmp_path: Path) -> None:
+    unverified = ssl_context(AlertmanagerSettings(tls_verify=False))
+    assert unverified.verify_mode == ssl.CERT_NONE
+    assert not unverified.check_hostname
+    verified = ssl_context(AlertmanagerSettings())
+    assert verified.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(OSError):
+        ssl_context(AlertmanagerSettings(ca_file=tmp_path / "missing.pem"))
+
+
+# --- against a real Alertmanager -----------------------------------------------------------
+
+AM_CONFIG = """\
+route:
+  receiver: "null"
+  group_wait: 1s
+receivers:
+  - name: "null"
+"""
+
+
+@contextlib.contextmanager
+def run_alertmanager(workdir: Path, port: int) -> Iterator[str]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "alertmanager.yml"
+    config.write_text(AM_CONFIG)
+    base = f"http://127.0.0.1:{port}"
+    with (workdir / "alertmanager.log").open("wb") as logfile:
+        process = subprocess.Popen(
+            [
+                ALERTMANAGER,
+                f"--config.file={config}",
+                f"--storage.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for(lambda: _ready(base) or process.poll() is not None, timeout=20)
+            if process.poll() is not None:
+                log = (workdir / "alertmanager.log").read_text()
+                raise RuntimeError(f"alertmanager exited early:\n{log}")
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(base + "/-/ready", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    with run_alertmanager(tmp_path / "am", free_port()) as base:
+        yield base
+
+
+def am_alerts(base: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(base + "/api/v2/alerts?active=true", timeout=5) as response:
+        alerts: list[dict[str, Any]] = json.load(response)
+        return alerts
+
+
+@pytest.mark.integration
+@needs_alertmanager
+def test_fired_alert_shows_up_in_alertmanager(alertmanager: str, metrics: Metrics) -> None:
+    settings = AlertmanagerSettings(urls=[alertmanager], static_labels={"team": "ml"})
+    detected_at = time.time() - 5
+    with sender(settings, metrics) as alerts:
+        alerts.fire(
+            "support-chat", "gpt-4o", "output_chars", **{**DETECTION, "detected_at": detected_at}
+        )
+        wait_for(lambda: len(am_alerts(alertmanager)) == 1)
+    (alert,) = am_alerts(alertmanager)
+    assert alert["labels"] == {
+        "alertname": "LLMOutputDrift",
+        "endpoint": "support-chat",
+        "model": "gpt-4o",
+        "feature": "output_chars",
+        "severity": "warning",
+        "team": "ml",
+    }
+    assert alert["annotations"]["summary"] == "output_chars drifted on support-chat / gpt-4o"
+    assert "baseline 6.8 to 7.42" in alert["annotations"]["description"]
+    assert alert["annotations"]["detected_at"] == rfc3339(detected_at)
+    assert alert["status"]["state"] in ("active", "unprocessed")
+
+
+@pytest.mark.integration
+@needs_alertmanager
+def test_resolved_alert_leaves_the_active_alerts(alertmanager: str, metrics: Metrics) -> None:
+    with sender(AlertmanagerSettings(urls=[alertmanager]), metrics) as alerts:
+        alerts.fire("chat", "m1", "output_chars", **{**DETECTION, "detected_at": time.time()})
+        alerts.fire("chat", "m1", "refusal", **{**DETECTION, "detected_at": time.time()})
+        wait_for(lambda: len(am_alerts(alertmanager)) == 2)
+        alerts.resolve("chat", "m1", "output_chars")
+        wait_for(lambda: [a["labels"]["feature"] for a in am_alerts(alertmanager)] == ["refusal"])
+
+
+@pytest.mark.integration
+@needs_alertmanager
+def test_alert_fired_while_alertmanager_is_down_arrives_when_it_comes_up(
+    tmp_path: Path, registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    port = free_port()
+    settings = AlertmanagerSettings(urls=[f"http://127.0.0.1:{port}"], max_retries=1000)
+    with sender(settings, metrics, initial_backoff=0.1, max_backoff=0.5) as alerts:
+        alerts.fire("chat", "m1", "output_chars", **{**DETECTION, "detected_at": time.time()})
+        time.sleep(0.5)
+        assert sent(registry, "ok") == 0
+        with run_alertmanager(tmp_path / "am", port) as base:
+            wait_for(lambda: len(am_alerts(base)) == 1, timeout=20)
+            assert am_alerts(base)[0]["labels"]["feature"] == "output_chars"
+            assert sent(registry, "ok") == 1

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+import doctest
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import structlog
+
+from driftmon import checkpoint as checkpoint_module
+from driftmon.checkpoint import (
+    TEMP_PREFIX,
+    Checkpoint,
+    CheckpointDirectoryError,
+    CheckpointStore,
+    CorruptCheckpointError,
+    DirectoryCheckpointStore,
+    decode,
+    encode,
+    file_name,
+)
+from driftmon.core.monitor import Monitor, MonitorConfig
+
+
+def make(
+    offset: int = 100, state: bytes = b"state-bytes", topic: str = "llm.outputs"
+) -> Checkpoint:
+    return Checkpoint(topic, 2, offset, state, written_at=1_700_000_000.25)
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir())
+
+
+def test_round_trip_with_a_real_monitor_snapshot(tmp_path: Path) -> None:
+    monitor = Monitor(MonitorConfig(), feature_count=lambda endpoint: 1)
+    for i in range(50):
+        monitor.update("chat", "m1", {"output_chars": float(i % 7)}, now=float(i))
+    store: CheckpointStore = DirectoryCheckpointStore(tmp_path / "a" / "b")
+    saved = Checkpoint("llm.outputs", 2, 50, monitor.snapshot(), written_at=1_700_000_000.25)
+
+    store.save(saved)
+    loaded = store.load("llm.outputs", 2)
+
+    assert loaded == saved
+    restored = Monitor(MonitorConfig(), feature_count=lambda endpoint: 1)
+    restored.restore(loaded.state)
+    key = restored.get("chat", "m1")
+    assert key is not None and key.events == 50 and key.last_seen == 49.0
+
+
+def test_file_layout_is_prefix_json_header_then_state() -> None:
+    data = encode(make(state=b"xyz"))
+    assert data[:4] == b"DMCK"
+    assert int.from_bytes(data[4:6], "big") == 1
+    assert data.endswith(b"xyz")
+    assert decode(data, "llm.outputs", 2) == make(state=b"xyz")
+
+
+def test_missing_file_returns_none(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    assert store.load("llm.outputs", 0) is None
+    assert files(tmp_path) == []
+
+
+def test_overwrite_keeps_only_the_newest(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(make(offset=10, state=b"old"))
+    store.save(make(offset=20, state=b"new"))
+
+    assert store.load("llm.outputs", 2) == make(offset=20, state=b"new")
+    assert files(tmp_path) == [file_name("llm.outputs", 2)]
+
+
+def truncate(data: bytes) -> bytes:
+    return data[:-3]
+
+
+def flip_last_byte(data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 0x01])
+
+
+def flip_offset_digit(data: bytes) -> bytes:
+    return data.replace(b'"offset": 100', b'"offset": 101')  # valid JSON; sha256 still matches
+
+
+def wrong_magic(data: bytes) -> bytes:
+    return b"XXXX" + data[4:]
+
+
+def future_version(data: bytes) -> bytes:
+    return data[:4] + (2).to_bytes(2, "big") + data[6:]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (truncate, "state is"),
+        (lambda data: data[:5], "truncated prefix"),
+        (lambda data: data[:20], "exceeds the file"),
+        (lambda data: b"", "truncated prefix"),
+        (flip_last_byte, "sha256"),
+        (flip_offset_digit, "CRC-32"),
+        (wrong_magic, "magic"),
+        (future_version, "format version 2"),
+    ],
+    ids=[
+        "truncated-state",
+        "truncated-prefix",
+        "truncated-header",
+        "empty",
+        "flipped-state-byte",
+        "edited-header",
+        "wrong-magic",
+        "future-version",
+    ],
+)
+def test_corrupt_file_is_moved_aside_and_returns_none(
+    tmp_path: Path, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(make())
+    path = store.path("llm.outputs", 2)
+    damaged = damage(path.read_bytes())
+    path.write_bytes(damaged)
+
+    with structlog.testing.capture_logs() as logs:
+        assert store.load("llm.outputs", 2) is None
+
+    assert not path.exists()
+    [aside] = tmp_path.iterdir()
+    assert aside.name.startswith(f"{path.name}.corrupt-")
+    assert aside.read_bytes() == damaged
+    [warning] = logs
+    assert warning["log_level"] == "warning"
+    assert (warning["topic"], warning["partition"]) == ("llm.outputs", 2)
+    assert reason in warning["reason"]
+    assert store.load("llm.outputs", 2) is None  # nothing left to load
+
+
+def test_every_single_bit_flip_anywhere_in_the_file_is_detected() -> None:
+    data = encode(make(state=b"state-bytes"))
+    for i in range(len(data)):
+        for bit in range(8):
+            damaged = data[:i] + bytes([data[i] ^ (1 << bit)]) + data[i + 1 :]
+            with pytest.raises(CorruptCheckpointError):
+                decode(damaged, "llm.outputs", 2)
+
+
+def test_a_file_for_another_partition_is_not_used(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(make())
+    os.replace(store.path("llm.outputs", 2), store.path("llm.outputs", 3))
+    assert store.load("llm.outputs", 3) is None
+
+
+def test_odd_topic_names_do_not_collide(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    topics = ["a.b", "a_b", "a-b", "a/b", "a%2Fb", "a b", "ä", "..", "a" * 300, "a" * 301]
+    for i, topic in enumerate(topics):
+        store.save(make(offset=i, topic=topic))
+
+    for i, topic in enumerate(topics):
+        loaded = store.load(topic, 2)
+        assert loaded is not None and loaded.offset == i and loaded.topic == topic
+    assert len(files(tmp_path)) == len(topics)
+    assert all("/" not in name and len(name) < 200 for name in files(tmp_path))
+    assert file_name("a.b", 2) == "a.b-2.dmck"
+
+
+def test_crash_during_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(make(offset=10, state=b"old"))
+
+    def crash(src: object, dst: object) -> None:
+        raise OSError("simulated crash before rename")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="simulated crash"):
+            store.save(make(offset=20, state=b"new"))
+
+    assert store.load("llm.outputs", 2) == make(offset=10, state=b"old")
+    assert files(tmp_path) == [file_name("llm.outputs", 2)]
+    store.save(make(offset=30, state=b"newer"))
+    assert store.load("llm.outputs", 2) == make(offset=30, state=b"newer")
+    assert files(tmp_path) == [file_name("llm.outputs", 2)]
+
+
+def test_stale_temp_files_from_a_killed_process_are_removed_on_init(tmp_path: Path) -> None:
+    DirectoryCheckpointStore(tmp_path).save(make(offset=10, state=b"old"))
+    (tmp_path / f"{TEMP_PREFIX}abc123").write_bytes(encode(make(offset=20))[:7])
+    (tmp_path / ".tmp-x-2.dmck").write_bytes(b"a checkpoint for topic '.tmp-x', kept")
+
+    store = DirectoryCheckpointStore(tmp_path)
+
+    assert files(tmp_path) == sorted([".tmp-x-2.dmck", file_name("llm.outputs", 2)])
+    assert store.load("llm.outputs", 2) == make(offset=10, state=b"old")
+
+
+def test_delete(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(make())
+    store.save(make(topic="other"))
+
+    store.delete("llm.outputs", 2)
+    store.delete("llm.outputs", 2)  # deleting a missing checkpoint is not an error
+
+    assert store.load("llm.outputs", 2) is None
+    assert store.load("other", 2) == make(topic="other")
+
+
+def test_unusable_directory_fails_clearly(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    with pytest.raises(CheckpointDirectoryError, match="not writable"):
+        DirectoryCheckpointStore(not_a_directory / "checkpoints")
+
+
+def test_invalid_checkpoints_are_rejected() -> None:
+    for topic, partition, offset in [("", 0, 0), ("t", -1, 0), ("t", 0, -1)]:
+        with pytest.raises(ValueError, match="invalid checkpoint"):
+            Checkpoint(topic, partition, offset, b"", written_at=0.0)
+
+
+def test_module_docstring_example() -> None:
+    assert doctest.testmod(checkpoint_module).failed == 0
