@@ -33,6 +33,7 @@ NULLS: dict[str, tuple[str, Sampler]] = {
     "rate_p0.30": ("markdown_start", lambda r: 1.0 if r.random() < 0.30 else 0.0),
     "rate_p0.05": ("code_fence", lambda r: 1.0 if r.random() < 0.05 else 0.0),
     "rate_p0.005": ("refusal", lambda r: 1.0 if r.random() < 0.005 else 0.0),
+    "rate_p0.0005": ("empty_output", lambda r: 1.0 if r.random() < 0.0005 else 0.0),
 }
 
 

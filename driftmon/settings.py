@@ -21,7 +21,7 @@ DEFAULT_PREAMBLES = [
     r"certainly\b",
     r"of course\b",
     r"absolutely\b",
-    r"here (?:is|are|'s)\b",
+    r"here(?: is| are|'s)\b",
     r"great question\b",
     r"good question\b",
     r"i'd be (?:happy|glad) to\b",

@@ -21,7 +21,7 @@ cancel out). ``benchmarks/calibration.py`` checks the result on simulated null s
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
@@ -49,36 +49,54 @@ _NORMAL_NODES = _normal_quantiles(_N_NODES)
 def cgf_root(y: FloatArray, weights: FloatArray | None = None) -> FloatArray:
     """θ > 0 with E[exp(θY)] = 1, row-wise for a 2-D array of samples ``y``.
 
-    Rows whose increments are never positive cannot alarm: θ = +inf.
+    Rows whose increments are never positive cannot alarm: θ = +inf. Rows with
+    E[Y] >= 0 have no positive root; their value is unused (see :func:`cusum_rate`).
     """
     y2 = np.atleast_2d(y)
     w = np.full(y2.shape[1], 1.0 / y2.shape[1]) if weights is None else np.atleast_2d(weights)
-    hi = np.full(y2.shape[0], 1.0)
     can_alarm = (y2 > 0).any(axis=1)
-    # Grow the bracket until E[exp(θY)] > 1 (it exceeds 1 for large θ when max(Y) > 0).
+    has_root = can_alarm & ((w * y2).sum(axis=1) < 0)
+    # The normal approximation 2|E[Y]|/Var(Y), doubled, is usually right of the root.
+    mean = (w * y2).sum(axis=1)
+    var = (w * (y2 - mean[:, None]) ** 2).sum(axis=1)
+    theta = np.clip(4.0 * np.abs(mean) / np.maximum(var, 1e-12), 1e-6, 1e6)
+
+    def log_mgf(t: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """log E[exp(tY)] and its derivative, computed stably (log-sum-exp)."""
+        a = t[:, None] * y2
+        top = a.max(axis=1, keepdims=True)
+        e = w * np.exp(a - top)
+        total = e.sum(axis=1)
+        return np.log(total) + top[:, 0], (e * y2).sum(axis=1) / total
+
+    # Start to the right of the root (log-mgf > 0 there), then Newton steps on the
+    # log-mgf: convex and nearly linear for large θ, so from the right they converge
+    # fast and monotonically even when one rare value dominates (0/1 features).
     for _ in range(60):
-        f = (w * np.exp(np.minimum(hi[:, None] * y2, 700.0))).sum(axis=1)
-        grow = can_alarm & (f <= 1.0)
+        grow = has_root & (log_mgf(theta)[0] <= 0.0)
         if not grow.any():
             break
-        hi = np.where(grow, hi * 2.0, hi)
-    lo = np.zeros_like(hi)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        f = (w * np.exp(np.minimum(mid[:, None] * y2, 700.0))).sum(axis=1)
-        above = f > 1.0
-        hi = np.where(above, mid, hi)
-        lo = np.where(above, lo, mid)
-    return np.where(can_alarm, 0.5 * (lo + hi), np.inf)
+        theta = np.where(grow, theta * 2.0, theta)
+    for _ in range(100):
+        g, dg = log_mgf(theta)
+        step = np.where(has_root & (dg > 0), g / np.where(dg > 0, dg, 1.0), 0.0)
+        theta = theta - step
+        if np.all(np.abs(step) <= 1e-7 * np.maximum(theta, 1e-12)):
+            break
+    return np.where(can_alarm, theta, np.inf)
 
 
-def cusum_rate(theta: FloatArray, mean_y: FloatArray, sd_y: FloatArray, h: float) -> FloatArray:
-    """False alarms per event of a one-sided CUSUM with threshold ``h`` (Siegmund).
+def cusum_rate(
+    theta: FloatArray, mean_y: FloatArray, sd_y: FloatArray, h: FloatArray
+) -> FloatArray:
+    """False alarms per event of a one-sided CUSUM, for each row and each threshold in ``h``.
 
-    A walk that drifts upwards (a true rate the estimate under-states) crosses ``h`` about
-    every (h + overshoot) / E[Y] events.
+    Siegmund's approximation for a walk that drifts down; a walk that drifts upwards (a
+    true rate the estimate under-states) crosses ``h`` about every (h + overshoot) / E[Y]
+    events. Rows are walks, columns thresholds.
     """
-    b_raw = h + OVERSHOOT * sd_y
+    theta, mean_y, sd_y = theta[:, None], mean_y[:, None], sd_y[:, None]
+    b_raw = h[None, :] + OVERSHOOT * sd_y
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         b = theta * b_raw
         arl = (np.expm1(np.minimum(b, 700.0)) - b) / (theta * np.abs(mean_y))
@@ -87,44 +105,89 @@ def cusum_rate(theta: FloatArray, mean_y: FloatArray, sd_y: FloatArray, h: float
     return np.where(mean_y < 0, quiet, drifting)
 
 
-def _solve_threshold(f: Callable[[float], float], target_arl: float) -> float:
-    """Smallest h whose mean rate is at most 1/target_arl (rate falls with h)."""
-    target = 1.0 / target_arl
-    lo, hi = 0.0, 1.0
-    while f(hi) > target:
-        lo, hi = hi, hi * 2.0
-        if hi > 1e6:
-            return hi
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        if f(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+_H_GRID: FloatArray = np.geomspace(0.25, 2e5, 200)
 
 
-def ph_threshold_continuous(
-    z_quantiles: FloatArray, k: float, n_ref: int, target_arl: float
+def _solve_threshold(
+    theta: FloatArray,
+    mean_y: FloatArray,
+    sd_y: FloatArray,
+    target_arl: float,
+    node_weights: FloatArray | None = None,
 ) -> float:
+    """Smallest h whose two-sided rate, averaged over the estimation-error nodes (the
+    first half of the rows is the upper side, the second the lower), is 1/target_arl."""
+    rates = cusum_rate(theta, mean_y, sd_y, _H_GRID)
+    half = rates.shape[0] // 2
+    both = rates[:half] + rates[half:]
+    mean_rate = both.mean(axis=0) if node_weights is None else node_weights @ both
+    target = 1.0 / target_arl
+    below = np.nonzero(mean_rate <= target)[0]
+    if len(below) == 0:
+        return float(_H_GRID[-1])
+    i = int(below[0])
+    if i == 0:
+        return float(_H_GRID[0])
+    r0, r1 = math.log(max(mean_rate[i - 1], 1e-300)), math.log(max(mean_rate[i], 1e-300))
+    t = 1.0 if r0 == r1 else (r0 - math.log(target)) / (r0 - r1)
+    return float(_H_GRID[i - 1] + t * (_H_GRID[i] - _H_GRID[i - 1]))
+
+
+# Mean errors (in reference standard deviations) at which θ is tabulated: wide enough for
+# the smallest warm-up allowed (50 events: nodes reach ±2.04/√50 ≈ ±0.29).
+_EPS_GRID: FloatArray = np.linspace(-0.32, 0.32, 17)
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeTable:
+    """θ of both CUSUM sides over a grid of mean errors, for one feature's warm-up shape.
+
+    Built once per warm-up; thresholds for every later reference size interpolate it.
+    """
+
+    theta_up: FloatArray
+    theta_down: FloatArray
+    mean_z: float
+    sd_z: float
+
+
+def shape_table(z_quantiles: FloatArray, k: float) -> ShapeTable:
+    """Tabulate θ for the standardised warm-up values summarised by ``z_quantiles``."""
+    up = z_quantiles[None, :] + _EPS_GRID[:, None] - k
+    down = -z_quantiles[None, :] - _EPS_GRID[:, None] - k
+    theta = cgf_root(np.vstack([up, down]))
+    n = len(_EPS_GRID)
+    return ShapeTable(theta[:n], theta[n:], float(z_quantiles.mean()), float(z_quantiles.std()))
+
+
+def ph_threshold_continuous(table: ShapeTable, k: float, n_ref: int, target_arl: float) -> float:
     """Two-sided CUSUM threshold for a standardised continuous feature.
 
-    ``z_quantiles`` summarise the warm-up's standardised values; the true mean of the
-    stream in reference units is uncertain by N(0, 1/n_ref), averaged over fixed nodes.
+    The true mean of the stream in reference units is uncertain by N(0, 1/n_ref),
+    averaged over fixed nodes.
     """
-    eps = _NORMAL_NODES / math.sqrt(n_ref)
-    up = z_quantiles[None, :] + eps[:, None] - k
-    down = -z_quantiles[None, :] - eps[:, None] - k
-    sides = np.vstack([up, down])
-    theta = cgf_root(sides)
-    mean_y = sides.mean(axis=1)
-    sd_y = sides.std(axis=1)
+    eps = np.clip(_NORMAL_NODES / math.sqrt(n_ref), _EPS_GRID[0], _EPS_GRID[-1])
+    theta = np.concatenate(
+        [np.interp(eps, _EPS_GRID, table.theta_up), np.interp(eps, _EPS_GRID, table.theta_down)]
+    )
+    mean_y = np.concatenate([table.mean_z + eps - k, -table.mean_z - eps - k])
+    sd_y = np.full(len(mean_y), table.sd_z)
+    return _solve_threshold(theta, mean_y, sd_y, target_arl)
 
-    def rate(h: float) -> float:
-        r = cusum_rate(theta, mean_y, sd_y, h)
-        return float(r.reshape(2, -1).sum(axis=0).mean())
 
-    return _solve_threshold(rate, target_arl)
+def _beta_posterior_nodes(a: float, b: float, n: int = 64) -> tuple[FloatArray, FloatArray]:
+    """Quadrature nodes and weights for Beta(a, b), on a logit grid around its mode.
+
+    Deterministic (no sampling noise): the averaged rate is dominated by the upper tail,
+    where a few random draws would make thresholds jump between calls.
+    """
+    centre = math.log(a / b)
+    spread = 8.0 * math.sqrt(1.0 / a + 1.0 / b)
+    u = np.linspace(centre - spread, centre + spread, n)
+    p = 1.0 / (1.0 + np.exp(-u))
+    log_w = a * np.log(p) + b * np.log1p(-p)  # density in logit space
+    w = np.exp(log_w - log_w.max())
+    return p, w / w.sum()
 
 
 @lru_cache(maxsize=4096)
@@ -132,16 +195,15 @@ def ph_threshold_binary(successes: int, n_ref: int, k: float, target_arl: float)
     """Two-sided CUSUM threshold for a 0/1 feature standardised by its estimated rate.
 
     The estimate is p̃ = (s + 0.5) / (n + 1); the true rate is uncertain with the
-    Beta(s + 0.5, n − s + 0.5) posterior, averaged over fixed quantile nodes.
+    Beta(s + 0.5, n − s + 0.5) posterior, integrated on a fixed logit grid.
     """
     p_ref = (successes + 0.5) / (n_ref + 1.0)
     sd_ref = math.sqrt(p_ref * (1.0 - p_ref))
     hi_z = (1.0 - p_ref) / sd_ref
     lo_z = -p_ref / sd_ref
-    rng = np.random.default_rng(12345)
-    p_true = np.sort(rng.beta(successes + 0.5, n_ref - successes + 0.5, size=96))
+    p_true, w_post = _beta_posterior_nodes(successes + 0.5, n_ref - successes + 0.5)
     values = np.array([[hi_z - k, lo_z - k], [-hi_z - k, -lo_z - k]])  # up, down
-    weights = np.stack([p_true, 1.0 - p_true], axis=1)  # (96, 2)
+    weights = np.stack([p_true, 1.0 - p_true], axis=1)
     thetas, means, sds = [], [], []
     for side in values:
         y = np.broadcast_to(side, weights.shape)
@@ -149,15 +211,13 @@ def ph_threshold_binary(successes: int, n_ref: int, k: float, target_arl: float)
         m = (weights * y).sum(axis=1)
         means.append(m)
         sds.append(np.sqrt((weights * (y - m[:, None]) ** 2).sum(axis=1)))
-    theta = np.concatenate(thetas)
-    mean_y = np.concatenate(means)
-    sd_y = np.concatenate(sds)
-
-    def rate(h: float) -> float:
-        r = cusum_rate(theta, mean_y, sd_y, h)
-        return float(r.reshape(2, -1).sum(axis=0).mean())
-
-    return _solve_threshold(rate, target_arl)
+    return _solve_threshold(
+        np.concatenate(thetas),
+        np.concatenate(means),
+        np.concatenate(sds),
+        target_arl,
+        node_weights=w_post,
+    )
 
 
 # ADWIN's delta bounds a union of tests, not a rate. Its null alarm rate per event, measured

@@ -14,20 +14,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from math import erf
 from typing import Literal
 
 import numpy as np
 from river.drift import ADWIN, PageHinkley
 
-from driftmon.core.calibration import adwin_delta, ph_threshold_binary, ph_threshold_continuous
+from driftmon.core.calibration import (
+    ShapeTable,
+    adwin_delta,
+    ph_threshold_binary,
+    ph_threshold_continuous,
+    shape_table,
+)
 
 DETECTORS = ("page_hinkley", "adwin")
 Kind = Literal["continuous", "binary"]
 
 Z_CLIP = 4.0  # bounds the influence of one outlier on the CUSUM and on ADWIN
-N_QUANTILES = 64
+N_QUANTILES = 48
 EWMA_CURRENT = 0.02  # "current" value shown beside the baseline: ~50-event memory
-_SQRT2 = math.sqrt(2.0)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,29 @@ class FrozenPageHinkley(PageHinkley):
         super()._reset()  # type: ignore[no-untyped-call]
         self._x_mean = _FrozenMean()  # type: ignore[assignment]
 
+    def update(self, x: float) -> None:
+        """river's update, specialised to alpha=1 and the frozen mean of 0.
+
+        Same arithmetic and state as ``PageHinkley.update`` (a test runs both side by
+        side); it skips the mean object and the mode dispatch, which cost more than the
+        test itself on the per-event hot path.
+        """
+        if self._drift_detected:
+            self._reset()
+        self._x_mean.n += 1
+        inc = self._sum_increase + x - self.delta
+        dec = self._sum_decrease + x + self.delta
+        self._sum_increase = inc
+        self._sum_decrease = dec
+        if inc < self._min_increase:
+            self._min_increase = inc
+        if dec > self._max_decrease:
+            self._max_decrease = dec  # type: ignore[assignment]  # river starts it at int -1
+        threshold = self.threshold
+        self._drift_detected = (
+            inc - self._min_increase > threshold or self._max_decrease - dec > threshold
+        )
+
     @property
     def statistic(self) -> float:
         """The larger of the upward and downward CUSUM values."""
@@ -100,21 +130,22 @@ class FeatureStream:
 
     __slots__ = (
         "_adwin",
+        "_binary",
         "_blk_n",
         "_blk_sum",
         "_blk_sumsq",
         "_config",
+        "_detected_at",
         "_inv_sd",
         "_mean",
         "_ph",
         "_ref_sum",
         "_ref_sumsq",
+        "_shape",
         "_warm",
         "_z0",
         "_z1",
-        "_z_quantiles",
         "current",
-        "events_since_detection",
         "kind",
         "n",
         "name",
@@ -127,9 +158,10 @@ class FeatureStream:
         self.kind: Kind = kind
         self.target_arl = target_arl
         self._config = config
+        self._binary = kind == "binary"
         self.n = 0  # values seen
         self.current = math.nan
-        self.events_since_detection = -1  # -1: never detected
+        self._detected_at = -1
         self._relearn()
 
     # -- reference ------------------------------------------------------------------
@@ -141,7 +173,7 @@ class FeatureStream:
         self._mean = 0.0
         self._inv_sd = 1.0
         self._z0 = self._z1 = 0.0
-        self._z_quantiles: np.ndarray | None = None
+        self._shape: ShapeTable | None = None
         self._blk_n = 0
         self._blk_sum = self._blk_sumsq = 0.0
         self._ref_sum = self._ref_sumsq = 0.0
@@ -163,7 +195,8 @@ class FeatureStream:
             sd = float(arr.std(ddof=1))
             sd = sd if sd > 1e-9 * max(1.0, abs(mean)) else max(1e-9, 1e-3 * abs(mean))
             z = np.clip((arr - mean) / sd, -Z_CLIP, Z_CLIP)
-            self._z_quantiles = np.quantile(z, (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES)
+            quantiles = np.quantile(z, (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES)
+            self._shape = shape_table(quantiles, self._config.k)
         self._blk_n = n
         self._blk_sum = float(arr.sum())
         self._blk_sumsq = float((arr * arr).sum())
@@ -192,10 +225,8 @@ class FeatureStream:
             var = max((self._ref_sumsq - n * mean * mean) / max(n - 1, 1), 0.0)
             sd = math.sqrt(var) if var > 1e-18 else max(1e-9, 1e-3 * abs(mean))
             self._inv_sd = 1.0 / sd
-            assert self._z_quantiles is not None
-            threshold = ph_threshold_continuous(
-                self._z_quantiles, self._config.k, n, self.target_arl
-            )
+            assert self._shape is not None
+            threshold = ph_threshold_continuous(self._shape, self._config.k, n, self.target_arl)
         self._blk_n = 0
         self._blk_sum = self._blk_sumsq = 0.0
         if self._config.page_hinkley:
@@ -204,44 +235,55 @@ class FeatureStream:
     # -- per event ------------------------------------------------------------------
     def update(self, x: float) -> Alarm | None:
         """Feed one value; returns the alarm if a detector fired on it."""
+        # Hot path: one call per feature per event. Flags and river's private
+        # ``_drift_detected`` are read directly to spare property calls.
         self.n += 1
-        cur = self.current
-        self.current = x if cur != cur else cur + EWMA_CURRENT * (x - cur)
-        if self.events_since_detection >= 0:
-            self.events_since_detection += 1
         warm = self._warm
         if warm is not None:
+            cur = self.current
+            self.current = x if cur != cur else cur + EWMA_CURRENT * (x - cur)
             warm.append(x)
             if len(warm) >= self._config.warmup:
                 self._finish_warmup(warm)
             return None
-        if self.kind == "binary":
-            z = self._z1 if x >= 0.5 else self._z0
-            a_in = 1.0 if x >= 0.5 else 0.0
+        self.current += EWMA_CURRENT * (x - self.current)
+        if self._binary:
+            if x >= 0.5:
+                z, a_in = self._z1, 1.0
+            else:
+                z, a_in = self._z0, 0.0
         else:
             z = (x - self._mean) * self._inv_sd
-            z = Z_CLIP if z > Z_CLIP else (-Z_CLIP if z < -Z_CLIP else z)
-            a_in = 0.5 + 0.5 * math.erf(z / _SQRT2)
+            if z > Z_CLIP:
+                z = Z_CLIP
+            elif z < -Z_CLIP:
+                z = -Z_CLIP
+            a_in = 0.5 + 0.5 * erf(z * _INV_SQRT2)
             self._blk_sumsq += x * x
         self._blk_n += 1
         self._blk_sum += x
         ph = self._ph
         if ph is not None:
-            ph.update(z)  # type: ignore[no-untyped-call]
-            if ph.drift_detected:
+            ph.update(z)
+            if ph._drift_detected:
                 return self._alarm("page_hinkley", ph.statistic, ph.threshold)
         adwin = self._adwin
         if adwin is not None:
             adwin.update(a_in)  # type: ignore[no-untyped-call]
-            if adwin.drift_detected:
+            if adwin._drift_detected:
                 return self._alarm("adwin", math.nan, adwin.delta)
         if self._blk_n >= self.ref_n:
             self._merge_block()
         return None
 
+    @property
+    def events_since_detection(self) -> int:
+        """Values seen since the last detection; -1 if there was none."""
+        return -1 if self._detected_at < 0 else self.n - self._detected_at
+
     def _alarm(self, detector: str, statistic: float, threshold: float) -> Alarm:
         alarm = Alarm(self.name, detector, self._mean, self.current, statistic, threshold)
-        self.events_since_detection = 0
+        self._detected_at = self.n
         self._relearn()
         return alarm
 

@@ -10,10 +10,12 @@ from driftmon.core.calibration import (
     cgf_root,
     ph_threshold_binary,
     ph_threshold_continuous,
+    shape_table,
 )
 from driftmon.core.monitor import Monitor, MonitorConfig
 
 NORMAL_Q = np.array([NormalDist().inv_cdf((i + 0.5) / 64) for i in range(64)])
+NORMAL_SHAPE = shape_table(NORMAL_Q, 0.25)
 
 
 def test_cgf_root_of_a_normal_walk_is_twice_the_drift():
@@ -29,7 +31,7 @@ def test_cgf_root_is_infinite_when_the_walk_never_rises():
 def test_known_reference_threshold_matches_siegmund_for_normal_data():
     # Two-sided ARL with known parameters: each side (exp(2kb) - 2kb - 1) / (2k^2).
     k, target = 0.25, 1e5
-    h = ph_threshold_continuous(NORMAL_Q, k, n_ref=10**9, target_arl=target)
+    h = ph_threshold_continuous(NORMAL_SHAPE, k, n_ref=10**9, target_arl=target)
     b = h + 1.166
     one_side = (math.exp(2 * k * b) - 2 * k * b - 1) / (2 * k * k)
     # 64 quantiles stand for the law, so the tails are slightly thin: within 30 %.
@@ -37,9 +39,9 @@ def test_known_reference_threshold_matches_siegmund_for_normal_data():
 
 
 def test_estimated_reference_needs_a_higher_threshold():
-    known = ph_threshold_continuous(NORMAL_Q, 0.25, 10**9, 1e6)
-    short = ph_threshold_continuous(NORMAL_Q, 0.25, 300, 1e6)
-    longer = ph_threshold_continuous(NORMAL_Q, 0.25, 3000, 1e6)
+    known = ph_threshold_continuous(NORMAL_SHAPE, 0.25, 10**9, 1e6)
+    short = ph_threshold_continuous(NORMAL_SHAPE, 0.25, 300, 1e6)
+    longer = ph_threshold_continuous(NORMAL_SHAPE, 0.25, 3000, 1e6)
     assert known < longer < short
 
 

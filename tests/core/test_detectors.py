@@ -66,3 +66,22 @@ def test_seeded_stream_detects_at_an_exact_index():
     rng = random.Random(11)
     hits = [i for i in range(2000) if s.update(rng.gauss(0.0 if i < 1000 else 0.8, 1.0))]
     assert hits == [1062]
+
+
+def test_frozen_page_hinkley_matches_rivers_own_update():
+    from river.drift import PageHinkley
+
+    from driftmon.core.detectors import FrozenPageHinkley
+
+    ours = FrozenPageHinkley(delta=0.25, threshold=6.0)
+    reference = FrozenPageHinkley(delta=0.25, threshold=6.0)
+    rng = random.Random(9)
+    flags = []
+    for i in range(20_000):
+        z = rng.gauss(0.0 if (i // 2000) % 2 == 0 else 0.7, 1.0)
+        ours.update(z)
+        PageHinkley.update(reference, z)  # river's implementation on the same state
+        assert ours.drift_detected == reference.drift_detected
+        assert ours.statistic == reference.statistic
+        flags.append(ours.drift_detected)
+    assert sum(flags) >= 5  # the comparison covered detections and resets
