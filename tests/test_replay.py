@@ -1,0 +1,146 @@
+"""`driftmon replay` and the CLI, run as a user would: real files, real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from driftmon.replay import replay
+from driftmon.settings import Settings
+from driftmon.synthetic import BAD_LINE_REASONS, Upgrade, generate
+
+UPGRADE_AT = 4000
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    # surrogatepass: invalid UTF-8 on disk, as a broken producer would write it.
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogatepass"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = list(
+        generate(
+            8000,
+            n_keys=4,
+            seed=5,
+            upgrade=Upgrade("sql-assistant", UPGRADE_AT),
+            bad_line_every=97,
+        )
+    )
+    # Garbage a JSON generator would never write: binary, huge nesting, NaN, blank lines.
+    lines[10] = "\x00\xff garbage \ud800"
+    lines[20] = "[" * 5000
+    lines[30] = '{"endpoint": "a", "model": "m", "output": "x", "latency_ms": NaN}'
+    lines.insert(40, "   ")
+    return _write(tmp_path_factory.mktemp("replay") / "mixed.jsonl", lines)
+
+
+def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTMON_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "driftmon", *args],
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        timeout=300,
+    )
+
+
+def test_garbage_is_counted_by_reason_and_the_file_is_read_to_the_end(mixed_file: Path):
+    result = replay([str(mixed_file)], Settings())
+    assert result.records == 8000  # the blank line is not a record
+    rejected = sum(result.rejected.values())
+    assert result.accepted + rejected == 8000
+    assert set(result.rejected) >= set(BAD_LINE_REASONS)
+    assert result.rejected["not_json"] >= 3  # incl. binary, deep nesting, NaN
+
+
+def test_report_follows_the_spec_and_indexes_count_rejected_lines(mixed_file: Path, tmp_path):
+    out = tmp_path / "report.json"
+    proc = run_cli("replay", str(mixed_file), "--report", str(out))
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(out.read_text())
+    assert {"events", "rejected", "keys", "detections"} <= set(report)
+    assert report["events"] == 8000
+    assert sum(k["events"] for k in report["keys"]) + sum(report["rejected"].values()) == 8000
+    assert all(set(k) == {"endpoint", "model", "events"} for k in report["keys"])
+    dets = report["detections"]
+    assert dets, "the silent upgrade must be detected"
+    for d in dets:
+        assert set(d) == {
+            "event_index",
+            "endpoint",
+            "model",
+            "feature",
+            "detector",
+            "kind",
+            "baseline",
+            "current",
+        }
+        assert d["detector"] in ("page_hinkley", "adwin") and d["kind"] == "drift"
+    # Every detection is on the upgraded endpoint, after the upgrade (line positions
+    # include rejected lines, and the inserted blank line is not counted).
+    assert {d["endpoint"] for d in dets} == {"sql-assistant"}
+    assert min(d["event_index"] for d in dets) >= UPGRADE_AT
+    out_text = proc.stdout.decode()
+    assert "sql-assistant" in out_text and "page_hinkley" in out_text and "rejected:" in out_text
+
+
+def test_replay_is_deterministic_and_reads_stdin(mixed_file: Path, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert run_cli("replay", str(mixed_file), "--report", str(a)).returncode == 0
+    proc = run_cli("replay", "-", "--report", str(b), stdin=mixed_file.read_bytes())
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(a.read_text()) == json.loads(b.read_text())
+
+
+def test_missing_file_and_bad_config_exit_2(tmp_path):
+    proc = run_cli("replay", str(tmp_path / "nope.jsonl"))
+    assert proc.returncode == 2 and b"no such file" in proc.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detectors:\n  warmup_events: 3\n")
+    proc = run_cli("check-config", "--config", str(bad))
+    assert proc.returncode == 2
+    assert b"detectors.warmup_events" in proc.stderr
+    proc = run_cli("check-config", env={"DRIFTMON_LIMITS__MAX_KEYS": "zero"})
+    assert proc.returncode == 2 and b"limits.max_keys" in proc.stderr
+
+
+def test_check_config_masks_secrets_and_applies_env(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("kafka:\n  topics: [a, b]\nalertmanager:\n  urls: ['http://am:9093']\n")
+    proc = run_cli(
+        "check-config",
+        "--config",
+        str(cfg),
+        env={
+            "DRIFTMON_KAFKA__SECURITY_PROTOCOL": "SASL_SSL",
+            "DRIFTMON_KAFKA__SASL_MECHANISM": "PLAIN",
+            "DRIFTMON_KAFKA__SASL_USERNAME": "svc",
+            "DRIFTMON_KAFKA__SASL_PASSWORD": "hunter2-secret",
+            "DRIFTMON_ALERTMANAGER__BEARER_TOKEN": "tok-secret",
+            "DRIFTMON_KAFKA__GROUP_ID": "from-env",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"secret" not in proc.stdout
+    shown = json.loads(proc.stdout)
+    assert shown["kafka"]["sasl_password"] == "***"
+    assert shown["alertmanager"]["bearer_token"] == "***"
+    assert shown["kafka"]["topics"] == ["a", "b"]
+    assert shown["kafka"]["group_id"] == "from-env"
+
+
+def test_default_config_file_is_valid():
+    proc = run_cli(
+        "check-config", "--config", str(Path(__file__).parents[1] / "config/driftmon.yaml")
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
