@@ -21,6 +21,7 @@ cancel out). ``benchmarks/calibration.py`` checks the result on simulated null s
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -190,13 +191,39 @@ def _beta_posterior_nodes(a: float, b: float, n: int = 64) -> tuple[FloatArray, 
     return p, w / w.sum()
 
 
-@lru_cache(maxsize=4096)
 def ph_threshold_binary(successes: int, n_ref: int, k: float, target_arl: float) -> float:
     """Two-sided CUSUM threshold for a 0/1 feature standardised by its estimated rate.
 
     The estimate is p̃ = (s + 0.5) / (n + 1); the true rate is uncertain with the
-    Beta(s + 0.5, n − s + 0.5) posterior, integrated on a fixed logit grid.
+    Beta(s + 0.5, n − s + 0.5) posterior, integrated on a fixed logit grid. The problem
+    is symmetric in s ↔ n − s, and the threshold varies smoothly with s, so it is solved
+    exactly on a geometric grid of s (cached) and interpolated in between: thousands of
+    keys then share a few dozen solutions.
     """
+    s = min(successes, n_ref - successes)
+    grid = _success_grid(n_ref // 2)
+    i = bisect_left(grid, s)
+    if grid[i] == s:
+        return _ph_threshold_binary_exact(s, n_ref, k, target_arl)
+    lo, hi = grid[i - 1], grid[i]
+    h_lo = _ph_threshold_binary_exact(lo, n_ref, k, target_arl)
+    h_hi = _ph_threshold_binary_exact(hi, n_ref, k, target_arl)
+    return h_lo + (s - lo) / (hi - lo) * (h_hi - h_lo)
+
+
+@lru_cache(maxsize=64)
+def _success_grid(top: int) -> list[int]:
+    """0, 1, 2, … then steps of ~15 % up to ``top`` (always included)."""
+    grid, s = [], 0
+    while s < top:
+        grid.append(s)
+        s = max(s + 1, int(s * 1.15))
+    grid.append(top)
+    return grid
+
+
+@lru_cache(maxsize=8192)
+def _ph_threshold_binary_exact(successes: int, n_ref: int, k: float, target_arl: float) -> float:
     p_ref = (successes + 0.5) / (n_ref + 1.0)
     sd_ref = math.sqrt(p_ref * (1.0 - p_ref))
     hi_z = (1.0 - p_ref) / sd_ref

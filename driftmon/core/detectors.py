@@ -268,10 +268,11 @@ class FeatureStream:
             if ph._drift_detected:
                 return self._alarm("page_hinkley", ph.statistic, ph.threshold)
         adwin = self._adwin
-        if adwin is not None:
-            adwin.update(a_in)  # type: ignore[no-untyped-call]
-            if adwin._drift_detected:
-                return self._alarm("adwin", math.nan, adwin.delta)
+        # river's ADWIN.update only resets a detector that has fired and then calls its
+        # compiled window; a fired detector is replaced here, so the window is called
+        # directly (pinned river version; tests cover detection through this path).
+        if adwin is not None and adwin._helper.update(a_in):
+            return self._alarm("adwin", math.nan, adwin.delta)
         if self._blk_n >= self.ref_n:
             self._merge_block()
         return None

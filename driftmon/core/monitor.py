@@ -30,6 +30,9 @@ CONTINUOUS_FEATURES = frozenset(
 )
 
 
+_NONE: list[Detection] = []  # shared "no detections" result; never appended to
+
+
 def feature_kind(name: str) -> Kind:
     return "continuous" if name in CONTINUOUS_FEATURES else "binary"
 
@@ -140,7 +143,7 @@ class Monitor:
         state = self._key(endpoint, model, now)
         state.events += 1
         streams = state.streams
-        found: list[Detection] = []
+        found: list[Detection] = _NONE
         for name, value in features.items():
             stream = streams.get(name)
             if stream is None:
@@ -150,6 +153,8 @@ class Monitor:
                 streams[name] = stream
             alarm = stream.update(value)
             if alarm is not None:
+                if found is _NONE:
+                    found = []
                 found.append(
                     Detection(
                         endpoint,
