@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT ?= out
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo replay-demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
+	$(BIN)/driftmon demo
+
+# The same silent upgrade, offline: generate a JSONL stream and replay it.
+replay-demo: install
 	@mkdir -p $(OUT)
 	$(BIN)/driftmon generate --events 12000 --upgrade-endpoint sql-assistant --upgrade-at 6000 > $(OUT)/sample.jsonl
 	$(BIN)/driftmon replay $(OUT)/sample.jsonl --report $(OUT)/report.json

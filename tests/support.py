@@ -104,11 +104,16 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1) -> None:
         admin.close()
 
 
-def produce(bootstrap: str, topic: str, lines: list[str] | list[bytes]) -> None:
+def produce(
+    bootstrap: str,
+    topic: str,
+    lines: list[str] | list[bytes],
+    key: Callable[[bytes], bytes | None] | None = None,
+) -> None:
     producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=5, acks=1)
     for line in lines:
         value = line.encode() if isinstance(line, str) else line
-        producer.send(topic, value=value)
+        producer.send(topic, value=value, key=key(value) if key else None)
     producer.flush()
     producer.close()
 

@@ -249,3 +249,61 @@ def test_alertmanager_down_during_detection_gets_the_alert_later(broker, tmp_pat
             assert {a["labels"]["endpoint"] for a in alerts} == {"sql-assistant"}
         finally:
             am.stop()
+
+
+def _endpoint_key(value: bytes) -> bytes:
+    return str(json.loads(value).get("endpoint")).encode()
+
+
+def _key_counts(daemon: DaemonProcess) -> dict[str, float]:
+    counts = {}
+    for line in daemon.metrics().decode().splitlines():
+        if line.startswith("driftmon_events_total{"):
+            labels, value = line.rsplit(" ", 1)
+            endpoint = labels.split('endpoint="', 1)[1].split('"', 1)[0]
+            counts[endpoint] = counts.get(endpoint, 0.0) + float(value)
+    return counts
+
+
+def test_rebalance_between_two_daemons_moves_partitions_and_their_series(tmp_path):
+    # Keyed by endpoint, so each endpoint lives in one of the two partitions.
+    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
+        create_topic(b.bootstrap, TOPIC, partitions=2)
+        lines = [x for x in stream(n=6000) if json.loads(x).get("kind") != "feedback"]
+        first, later = lines[:3000], lines[3000:]
+        produce(b.bootstrap, TOPIC, first, key=_endpoint_key)
+        a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+        a_dir.mkdir()
+        b_dir.mkdir()
+        cfg_a = settings_for(b, a_dir)
+        with running(DaemonProcess(a_dir, cfg_a)) as a:
+            a.wait_ready()
+            wait_consumed(a, len(first))
+            assert len(_key_counts(a)) == 4
+            with running(DaemonProcess(b_dir, settings_for(b, b_dir))) as second:
+                second.wait_ready(timeout=90)
+                # After the rebalance each daemon owns one partition: A dropped the series
+                # of the keys it gave away.
+                wait_for(lambda: len(_key_counts(a)) < 4, timeout=60, every=0.5)
+                produce(b.bootstrap, TOPIC, later, key=_endpoint_key)
+                expected = {}
+                for x in later:
+                    ep = json.loads(x)["endpoint"]
+                    expected[ep] = expected.get(ep, 0) + 1
+
+                def split_done() -> bool:
+                    got_a, got_b = _key_counts(a), _key_counts(second)
+                    keys = set(got_a) | set(got_b)
+                    return keys == set(expected) and all(
+                        got_a.get(ep, 0) + got_b.get(ep, 0) >= n for ep, n in expected.items()
+                    )
+
+                wait_for(split_done, timeout=90, every=0.5)
+                got_a, got_b = _key_counts(a), _key_counts(second)
+                assert not set(got_a) & set(got_b), (got_a, got_b)
+                # A kept its partition's keys and saw each new event of them once; B may
+                # re-read the tail before the revoke-time commit (at-least-once).
+                for ep, n in got_a.items():
+                    assert n == expected[ep]
+                for ep, n in got_b.items():
+                    assert n >= expected[ep]
