@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,6 +217,9 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, _YamlSource(settings_cls))
 
 
+_config_file: ContextVar[str | None] = ContextVar("driftmon_config_file", default=None)
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """Reads the file named by ``DRIFTMON_CONFIG`` (set by ``--config``)."""
 
@@ -223,7 +227,7 @@ class _YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("DRIFTMON_CONFIG")
+        path = _config_file.get() or os.environ.get("DRIFTMON_CONFIG")
         if not path:
             return {}
         data = yaml.safe_load(Path(path).read_text())
@@ -242,10 +246,9 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     """Load settings, turning every validation problem into a ConfigError naming the field."""
     from pydantic import ValidationError
 
-    if config_file is not None:
-        if not Path(config_file).is_file():
-            raise ConfigError(f"config file not found: {config_file}")
-        os.environ["DRIFTMON_CONFIG"] = str(config_file)
+    if config_file is not None and not Path(config_file).is_file():
+        raise ConfigError(f"config file not found: {config_file}")
+    token = _config_file.set(str(config_file) if config_file is not None else None)
     try:
         return Settings()
     except ValidationError as exc:
@@ -256,6 +259,8 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     except (yaml.YAMLError, OSError, ValueError) as exc:
         raise ConfigError(f"cannot read configuration: {exc}") from None
+    finally:
+        _config_file.reset(token)
 
 
 def masked(settings: Settings) -> dict[str, Any]:
