@@ -7,6 +7,7 @@ and checkpoints every N events or T seconds, on revoke and on shutdown.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -46,7 +47,8 @@ class PartitionState:
     pipeline: Pipeline
     next_offset: int | None = None
     events_since_checkpoint: int = 0
-    active_drifts: set[tuple[str, str, str]] = field(default_factory=set)
+    # (endpoint, model, feature) → (baseline the detection was made against, wall time)
+    active_drifts: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -246,11 +248,13 @@ class Daemon:
         self, tp: TopicPartition, offset: int, det: Detection, state: PartitionState
     ) -> None:
         m = self.metrics
-        ts = det.timestamp if det.timestamp is not None else self.clock()
+        now = self.clock()
+        ts = det.timestamp if det.timestamp is not None else now
         m.drift_detections.labels(det.endpoint, det.model, det.feature, det.detector).inc()
         m.drift_active.labels(det.endpoint, det.model, det.feature).set(1)
-        m.last_detection_timestamp.labels(det.endpoint, det.model, det.feature).set(ts)
-        state.active_drifts.add((det.endpoint, det.model, det.feature))
+        # Wall time, not event time: rules and dashboards compare it with time().
+        m.last_detection_timestamp.labels(det.endpoint, det.model, det.feature).set(now)
+        state.active_drifts[(det.endpoint, det.model, det.feature)] = (det.baseline, now)
         self.alerts.fire(
             det.endpoint,
             det.model,
@@ -286,7 +290,9 @@ class Daemon:
         """Gauges and resolutions, at most every few seconds: never per event."""
         m = self.metrics
         quiet_after = self.settings.alertmanager.resolve_after_quiet_events
+        min_active = self.settings.alertmanager.min_active_seconds
         warmup = self.settings.detectors.warmup_events
+        now = self.clock()
         n_keys = 0
         for tp, state in self.partitions.items():
             monitor = state.pipeline.monitor
@@ -296,21 +302,32 @@ class Daemon:
                 self._remove_key_series(key)
             if evicted:
                 m.keys_evicted.inc(len(evicted))
+            active = state.active_drifts
             for key in monitor.key_states():
                 for name, stream in key.streams.items():
                     labels = (key.endpoint, key.model, name)
+                    drift = active.get(labels)
                     m.feature_value.labels(*labels).set(stream.current)
-                    m.feature_baseline.labels(*labels).set(stream.baseline)
-                    for det, (stat, thr) in stream.statistics().items():
+                    # While a drift is active, show the baseline it was detected against,
+                    # not the one being re-learned from post-change data.
+                    m.feature_baseline.labels(*labels).set(
+                        stream.baseline if drift is None else drift[0]
+                    )
+                    stats = stream.statistics()
+                    for det in DETECTORS:  # NaN while re-learning: no detector runs
+                        stat, thr = stats.get(det, (math.nan, math.nan))
                         m.detector_statistic.labels(*labels, det).set(stat)
                         m.detector_threshold.labels(*labels, det).set(thr)
-            for ep, model, feature in list(state.active_drifts):
+            for (ep, model, feature), (_, since) in list(active.items()):
                 key_state = monitor.get(ep, model)
                 watched = key_state.streams.get(feature) if key_state else None
-                if watched is None or (
+                quiet = watched is None or (
                     not watched.learning and watched.events_since_detection >= warmup + quiet_after
-                ):
-                    state.active_drifts.discard((ep, model, feature))
+                )
+                # A backfill can be quiet again within a second: keep the drift visible
+                # long enough for Prometheus to scrape it.
+                if quiet and now - since >= min_active:
+                    del active[(ep, model, feature)]
                     m.drift_active.labels(ep, model, feature).set(0)
                     self.alerts.resolve(ep, model, feature)
             high = self._consumer.highwater(tp)

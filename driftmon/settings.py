@@ -101,6 +101,9 @@ class AlertmanagerSettings(Frozen):
     timeout_seconds: float = Field(5.0, gt=0)
     resend_interval_seconds: float = Field(60.0, gt=0)
     resolve_after_quiet_events: int = Field(500, ge=1)
+    # ...and not before this long after the detection, so a fast backfill's drifts stay
+    # visible to Prometheus scrapes.
+    min_active_seconds: float = Field(300.0, ge=0)
     queue_size: int = Field(10_000, ge=1)
     max_retries: int = Field(8, ge=0)
     static_labels: dict[str, str] = {}
