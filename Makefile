@@ -10,7 +10,9 @@ OUT ?= out
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,demo]'
+	# torch first and pinned: the CPU build; an unpinned one pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test,demo,embeddings]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

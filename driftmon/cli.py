@@ -20,6 +20,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from driftmon.embedding import EmbeddingUnavailable
     from driftmon.replay import replay, summary_table, write_report
 
     settings = _settings(args)
@@ -27,6 +28,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         result = replay(args.files, settings)
     except FileNotFoundError as exc:
         print(f"driftmon replay: no such file: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EmbeddingUnavailable as exc:
+        print(
+            f"driftmon replay: {exc} (or set DRIFTMON_EMBEDDINGS__ENABLED=false)", file=sys.stderr
+        )
         return EXIT_CONFIG
     print(summary_table(result))
     if args.report:

@@ -29,6 +29,8 @@ from driftmon import kafka as kafka_io
 from driftmon.alertmanager import AlertSender
 from driftmon.checkpoint import Checkpoint, CheckpointStore, DirectoryCheckpointStore
 from driftmon.core.detectors import DETECTORS
+from driftmon.core.embeddings import Vector
+from driftmon.core.events import Event
 from driftmon.core.features import FeatureExtractor
 from driftmon.core.monitor import Detection, KeyState, Monitor
 from driftmon.core.pipeline import Pipeline
@@ -37,7 +39,7 @@ from driftmon.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK, EXIT_FATAL = 0, 1
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
 SHUTDOWN_TIMEOUT = 30.0
 METRICS_REFRESH_SECONDS = 5.0
 
@@ -49,6 +51,40 @@ class PartitionState:
     events_since_checkpoint: int = 0
     # (endpoint, model, feature) → (baseline the detection was made against, wall time)
     active_drifts: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
+
+
+class _EmbeddingPath:
+    """Sampled outputs go to a background worker through a bounded queue; consumption
+    never waits for it. Embeddings still in flight at a checkpoint are not part of the
+    saved state (they are a sample; after a crash the re-read records are sampled anew)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        from driftmon.embedding import EmbeddingWorker, Sampler, load_embedder
+
+        def on_batch(n: int, seconds: float) -> None:
+            metrics.embeddings.inc(n)
+            metrics.embedding_duration.observe(seconds)
+
+        self.metrics = metrics
+        self.sampler = Sampler.from_settings(settings.embeddings)
+        self.worker: EmbeddingWorker[tuple[TopicPartition, str, str], tuple[int, float | None]]
+        self.worker = EmbeddingWorker.from_settings(
+            load_embedder(settings.embeddings), settings.embeddings, on_batch=on_batch
+        )
+
+    def submit(self, tp: TopicPartition, event: Event, offset: int, ts: float | None) -> None:
+        self.worker.submit((tp, event.endpoint, event.model), (offset, ts), event.output)
+
+    def drain(
+        self,
+    ) -> list[tuple[TopicPartition, str, str, int, float | None, Vector]]:
+        now = time.monotonic()
+        self.sampler.report_backlog(self.worker.backlog, self.worker.capacity, now)
+        self.metrics.embedding_sample_ratio.set(self.sampler.ratio)
+        return [
+            (tp, ep, model, offset, ts, vector)
+            for (tp, ep, model), (offset, ts), vector in self.worker.drain()
+        ]
 
 
 class _Listener(AsyncConsumerRebalanceListener):  # type: ignore[misc]
@@ -84,6 +120,9 @@ class Daemon:
         self.store = store or DirectoryCheckpointStore(settings.state.dir)
         self.alerts = AlertSender(settings.alertmanager, self.metrics, clock=clock)
         self.extractor = FeatureExtractor(settings)
+        self._embedding: _EmbeddingPath | None = (
+            _EmbeddingPath(settings, self.metrics) if settings.embeddings.enabled else None
+        )
         self.partitions: dict[TopicPartition, PartitionState] = {}
         self.should_exit = False
         self.on_detection: Callable[[Detection], None] | None = None
@@ -107,7 +146,10 @@ class Daemon:
     # -- rebalancing ----------------------------------------------------------------
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in sorted(assigned):
-            state = PartitionState(Pipeline(self.settings, extractor=self.extractor))
+            sampler = self._embedding.sampler if self._embedding else None
+            state = PartitionState(
+                Pipeline(self.settings, extractor=self.extractor, sampler=sampler)
+            )
             ckpt = self.store.load(tp.topic, tp.partition)
             if ckpt is not None:
                 try:
@@ -235,6 +277,8 @@ class Daemon:
                     )
                 elif out.event is not None:
                     key_counts[(out.event.endpoint, out.event.model)] += 1
+                    if out.embed and self._embedding is not None:
+                        self._embedding.submit(tp, out.event, rec.offset, ts)
                 for det in out.detections:
                     self._detected(tp, rec.offset, det, state)
             n += len(records)
@@ -285,6 +329,16 @@ class Daemon:
         )
         if self.on_detection is not None:
             self.on_detection(det)
+
+    def _apply_embeddings(self) -> None:
+        """Feed finished embeddings to their partition's monitor (main thread only)."""
+        assert self._embedding is not None
+        for tp, endpoint, model, offset, ts, vector in self._embedding.drain():
+            state = self.partitions.get(tp)
+            if state is None:  # revoked meanwhile: the new owner samples its own
+                continue
+            for det in state.pipeline.process_embedding(endpoint, model, vector, offset, ts):
+                self._detected(tp, offset, det, state)
 
     def refresh_metrics(self) -> None:
         """Gauges and resolutions, at most every few seconds: never per event."""
@@ -361,6 +415,8 @@ class Daemon:
                 if batch:
                     n = self.process_batch(batch)
                     log.debug("batch", records=n)
+                if self._embedding is not None:
+                    self._apply_embeddings()
                 now = time.monotonic()
                 if now - self._last_refresh >= METRICS_REFRESH_SECONDS:
                     self.refresh_metrics()
@@ -389,6 +445,8 @@ class Daemon:
                 self._consumer.close(autocommit=False)
             if self._producer is not None:
                 self._producer.close(timeout=10)
+            if self._embedding is not None:
+                self._embedding.worker.close(timeout=5)
             self.alerts.close(timeout=5)
         finally:
             server.shutdown()
@@ -399,7 +457,17 @@ class Daemon:
 
 def run(settings: Settings) -> int:
     """Entry point of ``driftmon run``: signals set the exit flag, the loop ends cleanly."""
-    daemon = Daemon(settings)
+    from driftmon.embedding import EmbeddingUnavailable
+
+    try:
+        daemon = Daemon(settings)
+    except EmbeddingUnavailable as exc:
+        log.error(
+            "embeddings unavailable",
+            error=str(exc),
+            hint="install them or set DRIFTMON_EMBEDDINGS__ENABLED=false",
+        )
+        return EXIT_CONFIG
     signal.signal(signal.SIGTERM, daemon.request_exit)
     signal.signal(signal.SIGINT, daemon.request_exit)
     return daemon.run()

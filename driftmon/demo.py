@@ -39,6 +39,9 @@ def _settings(bootstrap: str, state_dir: str, metrics_port: int) -> Settings:
         metrics={"host": "127.0.0.1", "port": metrics_port},
         state={"dir": state_dir, "checkpoint_every_seconds": 10},
         logging={"level": "warning"},
+        # The demo's upgrade shows in cheap features within seconds; embedding it would
+        # only compete for the CPU (embeddings need ~400 samples per key to calibrate).
+        embeddings={"enabled": False},
         endpoints={
             "sql-assistant": {
                 "format": "json",

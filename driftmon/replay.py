@@ -10,13 +10,17 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import structlog
 
+from driftmon.core.events import Event
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
 from driftmon.settings import Settings
+
+if TYPE_CHECKING:
+    from driftmon.embedding import Embedder
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +33,7 @@ class ReplayResult:
     key_events: Counter[tuple[str, str]] = field(default_factory=Counter)
     detections: list[Detection] = field(default_factory=list)
     seconds: float = 0.0
+    embedded: int = 0
 
     def report(self) -> dict[str, Any]:
         """The JSON report of SPEC §3."""
@@ -92,16 +97,62 @@ def _lines(paths: list[str]) -> Iterator[tuple[bytes, int]]:
                     yield line, done
 
 
+class _Embeddings:
+    """Replay's embedding path: sampled outputs are embedded synchronously, in batches,
+    in input order, so a report reproduces exactly."""
+
+    def __init__(self, embedder: Embedder, pipeline: Pipeline, batch: int) -> None:
+        self.embedder = embedder
+        self.pipeline = pipeline
+        self.batch = batch
+        self.pending: list[tuple[int, str, str, str, float | None]] = []
+        self.embedded = 0
+
+    def add(self, index: int, event: Event) -> list[Detection]:
+        self.pending.append((index, event.endpoint, event.model, event.output, event.timestamp))
+        return self.flush() if len(self.pending) >= self.batch else []
+
+    def flush(self) -> list[Detection]:
+        if not self.pending:
+            return []
+        vectors = self.embedder.encode([p[3] for p in self.pending])
+        found: list[Detection] = []
+        for (index, endpoint, model, _, ts), vector in zip(self.pending, vectors, strict=True):
+            found.extend(self.pipeline.process_embedding(endpoint, model, vector, index, ts))
+        self.embedded += len(self.pending)
+        self.pending.clear()
+        return found
+
+
 def replay(
-    paths: list[str], settings: Settings, *, progress_stream: IO[str] | None = None
+    paths: list[str],
+    settings: Settings,
+    *,
+    progress_stream: IO[str] | None = None,
+    embedder: Embedder | None = None,
 ) -> ReplayResult:
-    """Run the core over ``paths`` in order. Blank lines are not records."""
+    """Run the core over ``paths`` in order. Blank lines are not records.
+
+    With ``embeddings.enabled`` the model is loaded (or ``embedder`` used) and sampled
+    outputs are embedded; :class:`~driftmon.embedding.EmbeddingUnavailable` if it cannot be.
+    """
     for p in paths:
         if p != "-" and not Path(p).is_file():
             raise FileNotFoundError(p)
     total = None if "-" in paths else sum(os.path.getsize(p) for p in paths)
     progress = _Progress(total, progress_stream or sys.stderr)
-    pipeline = Pipeline(settings)
+    embeddings: _Embeddings | None = None
+    if settings.embeddings.enabled:
+        from driftmon.embedding import Sampler, load_embedder
+
+        pipeline = Pipeline(settings, sampler=Sampler.from_settings(settings.embeddings))
+        embeddings = _Embeddings(
+            embedder or load_embedder(settings.embeddings),
+            pipeline,
+            batch=settings.embeddings.batch_size * 4,
+        )
+    else:
+        pipeline = Pipeline(settings)
     result = ReplayResult()
     start = time.perf_counter()
     index = 0
@@ -117,8 +168,15 @@ def replay(
             key_events[(event.endpoint, event.model)] += 1
         if outcome.detections:
             detections.extend(outcome.detections)
+        if outcome.embed and embeddings is not None and event is not None:
+            detections.extend(embeddings.add(index - 1, event))
         if index % 4096 == 0:
             progress.update(done, index, len(detections))
+    if embeddings is not None:
+        detections.extend(embeddings.flush())
+        # Embedding detections arrive a batch late: report everything in input order.
+        detections.sort(key=lambda d: d.event_index)
+        result.embedded = embeddings.embedded
     progress.close()
     result.records = index
     result.accepted = pipeline.accepted
@@ -130,6 +188,7 @@ def replay(
         rejected=sum(pipeline.rejected.values()),
         keys=len(key_events),
         detections=len(detections),
+        embedded=result.embedded,
         seconds=round(result.seconds, 2),
     )
     return result
@@ -139,7 +198,8 @@ def summary_table(result: ReplayResult) -> str:
     """Human summary: keys, rejections and detections."""
     out = [
         f"{result.records:,} records, {result.accepted:,} accepted, "
-        f"{sum(result.rejected.values()):,} rejected in {result.seconds:.1f} s",
+        f"{sum(result.rejected.values()):,} rejected in {result.seconds:.1f} s"
+        + (f", {result.embedded:,} outputs embedded" if result.embedded else ""),
     ]
     per_key = Counter((d.endpoint, d.model) for d in result.detections)
     out.append("")

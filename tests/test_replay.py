@@ -44,6 +44,7 @@ def mixed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DRIFTMON_")}
+    full_env["DRIFTMON_EMBEDDINGS__ENABLED"] = "false"  # tests/test_embedding.py covers them
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "driftmon", *args],
@@ -55,7 +56,7 @@ def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None =
 
 
 def test_garbage_is_counted_by_reason_and_the_file_is_read_to_the_end(mixed_file: Path):
-    result = replay([str(mixed_file)], Settings())
+    result = replay([str(mixed_file)], Settings(embeddings={"enabled": False}))
     assert result.records == 8000  # the blank line is not a record
     rejected = sum(result.rejected.values())
     assert result.accepted + rejected == 8000

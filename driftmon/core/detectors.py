@@ -162,10 +162,11 @@ class FeatureStream:
         self.n = 0  # values seen
         self.current = math.nan
         self._detected_at = -1
-        self._relearn()
+        self.relearn()
 
     # -- reference ------------------------------------------------------------------
-    def _relearn(self) -> None:
+    def relearn(self) -> None:
+        """Forget the reference and the detectors; learn them again from new values."""
         self._warm: list[float] | None = []
         self._ph: FrozenPageHinkley | None = None
         self._adwin: ADWIN | None = None
@@ -285,7 +286,7 @@ class FeatureStream:
     def _alarm(self, detector: str, statistic: float, threshold: float) -> Alarm:
         alarm = Alarm(self.name, detector, self._mean, self.current, statistic, threshold)
         self._detected_at = self.n
-        self._relearn()
+        self.relearn()
         return alarm
 
     # -- display --------------------------------------------------------------------

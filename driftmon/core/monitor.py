@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from driftmon.core.detectors import DetectorConfig, FeatureStream, Kind
+from driftmon.core.embeddings import EmbeddingStream, Vector
 
 SNAPSHOT_VERSION = 1
 
@@ -79,6 +80,7 @@ class KeyState:
     events: int = 0
     last_seen: float | None = None
     streams: dict[str, FeatureStream] = field(default_factory=dict)
+    embedding: EmbeddingStream | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +139,18 @@ class Monitor:
         return state
 
     def update(
-        self, endpoint: str, model: str, features: dict[str, float], now: float | None
+        self,
+        endpoint: str,
+        model: str,
+        features: dict[str, float],
+        now: float | None,
+        *,
+        count_event: bool = True,
     ) -> list[Detection]:
         """Feed one event's features to its key; returns the detections it triggered."""
         state = self._key(endpoint, model, now)
-        state.events += 1
+        if count_event:
+            state.events += 1
         streams = state.streams
         found: list[Detection] = _NONE
         for name, value in features.items():
@@ -169,6 +178,50 @@ class Monitor:
                         now,
                     )
                 )
+        return found
+
+    def update_embedding(
+        self, endpoint: str, model: str, vector: Vector, now: float | None
+    ) -> list[Detection]:
+        """Feed one sampled output embedding of a key.
+
+        Its Mahalanobis distance to the key's reference is the ``embedding_distance``
+        feature (Page-Hinkley and ADWIN like any other); the vector itself feeds the
+        ``mewma`` detector (feature ``embedding``). A detection by either re-learns both,
+        since the distance is measured against the embedding reference.
+        """
+        state = self._key(endpoint, model, now)
+        emb = state.embedding
+        if emb is None:
+            emb = state.embedding = EmbeddingStream(state.target_arl)
+        mewma = emb.mewma  # update() replaces it when it fires
+        step = emb.update(vector)
+        found: list[Detection] = []
+        if step.drift and mewma is not None:
+            stat, threshold = mewma.statistic, mewma.threshold
+            found.append(
+                Detection(
+                    endpoint,
+                    model,
+                    "embedding",
+                    "mewma",
+                    threshold,
+                    stat,
+                    stat,
+                    threshold,
+                    state.events,
+                    now,
+                )
+            )
+            distance_stream = state.streams.get("embedding_distance")
+            if distance_stream is not None:
+                distance_stream.relearn()
+        elif step.distance is not None:
+            found = self.update(
+                endpoint, model, {"embedding_distance": step.distance}, now, count_event=False
+            )
+            if found:
+                emb.relearn()
         return found
 
     # -- persistence ----------------------------------------------------------------

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Protocol
 
 from driftmon.core.detectors import DetectorConfig
+from driftmon.core.embeddings import Vector
 from driftmon.core.events import Event, Rejection, parse_event
 from driftmon.core.features import FeatureExtractor
 from driftmon.core.monitor import Detection, Monitor, MonitorConfig
@@ -26,22 +28,39 @@ def monitor_config(settings: Settings) -> MonitorConfig:
     )
 
 
+class EmbeddingSampler(Protocol):
+    """Decides which events to embed (``driftmon.embedding.Sampler``); time passed in."""
+
+    def decide(self, key: tuple[str, ...], event_id: str | int, now: float) -> bool: ...
+
+
 @dataclass(slots=True)
 class Outcome:
-    """What one record did: the accepted event (or the rejection) and any detections."""
+    """What one record did: the accepted event (or the rejection) and any detections.
+
+    ``embed`` says the event was sampled for embedding: the caller embeds its output and
+    hands the vector to :meth:`Pipeline.process_embedding`.
+    """
 
     event: Event | None
     rejection: Rejection | None
     features: dict[str, float]
     detections: list[Detection]
+    embed: bool = False
 
 
 class Pipeline:
     """Holds the feature extractor, the monitor and the rejection counters."""
 
-    def __init__(self, settings: Settings, extractor: FeatureExtractor | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        extractor: FeatureExtractor | None = None,
+        sampler: EmbeddingSampler | None = None,
+    ) -> None:
         self.settings = settings
         self.extractor = extractor or FeatureExtractor(settings)
+        self.sampler = sampler
         only = settings.detectors.features
         self._only = frozenset(only) if only is not None else None
         self.monitor = Monitor(monitor_config(settings), feature_count=self._feature_count)
@@ -53,7 +72,8 @@ class Pipeline:
         names = self.extractor.feature_names(endpoint)
         if self._only is not None:
             names = tuple(n for n in names if n in self._only)
-        return len(names)
+        # embedding_distance (two detectors) and the embedding's mewma.
+        return len(names) + (2 if self.sampler is not None else 0)
 
     def process(
         self, raw: bytes | str, index: int = -1, default_timestamp: float | None = None
@@ -71,4 +91,17 @@ class Pipeline:
         detections = self.monitor.update(parsed.endpoint, parsed.model, features, ts)
         for d in detections:
             d.event_index = index
-        return Outcome(parsed, None, features, detections)
+        embed = False
+        if self.sampler is not None and parsed.kind == "completion" and parsed.output.strip():
+            now = ts if ts is not None else float(index)
+            embed = self.sampler.decide((parsed.endpoint, parsed.model), parsed.id or index, now)
+        return Outcome(parsed, None, features, detections, embed)
+
+    def process_embedding(
+        self, endpoint: str, model: str, vector: Vector, index: int, now: float | None
+    ) -> list[Detection]:
+        """Feed the embedding of a sampled event (``index``: its position in the input)."""
+        detections = self.monitor.update_embedding(endpoint, model, vector, now)
+        for d in detections:
+            d.event_index = index
+        return detections

@@ -77,7 +77,7 @@ def expected_detections(lines: list[str], tmp_path: Path) -> list[tuple[int, str
     """What the core finds on the same input, replayed offline."""
     path = tmp_path / "input.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    result = replay([str(path)], Settings(endpoints=ENDPOINTS))
+    result = replay([str(path)], Settings(endpoints=ENDPOINTS, embeddings={"enabled": False}))
     return sorted((d.event_index, d.endpoint, d.feature, d.detector) for d in result.detections)
 
 

@@ -345,7 +345,7 @@ def expected_drifts(lines: list[str], tmp_path: Path) -> set[tuple[str, str, str
     """(endpoint, model, feature) the core detects on the same input, replayed offline."""
     path = tmp_path / "input.jsonl"
     path.write_text("\n".join(lines) + "\n")
-    result = replay([str(path)], Settings(endpoints=ENDPOINTS))
+    result = replay([str(path)], Settings(endpoints=ENDPOINTS, embeddings={"enabled": False}))
     return {(d.endpoint, d.model, d.feature) for d in result.detections}
 
 
