@@ -51,6 +51,7 @@ class PartitionState:
     events_since_checkpoint: int = 0
     # (endpoint, model, feature) → (baseline the detection was made against, wall time)
     active_drifts: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
+    detail_keys: set[tuple[str, str]] = field(default_factory=set)  # per-feature gauges out
 
 
 class _EmbeddingPath:
@@ -204,10 +205,13 @@ class Daemon:
         Inside a rebalance callback the commit is sent without waiting: the state file
         already holds the offset, so a lost commit costs re-reading, never state.
         """
+        # A partition with no new records since its last checkpoint is already saved.
         targets = [
             tp
             for tp in (tps if tps is not None else list(self.partitions))
-            if tp in self.partitions and self.partitions[tp].next_offset is not None
+            if tp in self.partitions
+            and self.partitions[tp].next_offset is not None
+            and self.partitions[tp].events_since_checkpoint > 0
         ]
         if not targets:
             return
@@ -357,7 +361,19 @@ class Daemon:
             if evicted:
                 m.keys_evicted.inc(len(evicted))
             active = state.active_drifts
-            for key in monitor.key_states():
+            shown = monitor.recent_key_states(self.settings.metrics.max_detail_keys)
+            shown_ids = {(k.endpoint, k.model) for k in shown}
+            for ep, model in {(ep, model) for ep, model, _ in active} - shown_ids:
+                drifting = monitor.get(ep, model)
+                if drifting is not None:
+                    shown.append(drifting)
+                    shown_ids.add((ep, model))
+            for ep, model in state.detail_keys - shown_ids:
+                gone = monitor.get(ep, model)
+                if gone is not None:
+                    m.remove_key_detail(ep, model, list(gone.streams), DETECTORS)
+            state.detail_keys = shown_ids
+            for key in shown:
                 for name, stream in key.streams.items():
                     labels = (key.endpoint, key.model, name)
                     drift = active.get(labels)

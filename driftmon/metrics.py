@@ -142,6 +142,19 @@ class Metrics:
                 for series in per_detector:
                     _remove(series, endpoint, model, feature, detector)
 
+    def remove_key_detail(
+        self, endpoint: str, model: str, features: Iterable[str], detectors: Iterable[str]
+    ) -> None:
+        """Drop a key's per-feature value, baseline and detector gauges (not its counters
+        or drift state): the key fell out of the ``metrics.max_detail_keys`` window."""
+        detectors = list(detectors)
+        for feature in features:
+            _remove(self.feature_value, endpoint, model, feature)
+            _remove(self.feature_baseline, endpoint, model, feature)
+            for detector in detectors:
+                _remove(self.detector_statistic, endpoint, model, feature, detector)
+                _remove(self.detector_threshold, endpoint, model, feature, detector)
+
     def remove_partition_lag(self, topic: str, partition: int | str) -> None:
         """Drop the lag series of a partition this consumer no longer owns."""
         _remove(self.consumer_lag, topic, str(partition))

@@ -122,6 +122,10 @@ class AlertmanagerSettings(Frozen):
 class MetricsSettings(Frozen):
     host: str = "0.0.0.0"
     port: int = Field(9308, ge=0, le=65535)
+    # Per-feature gauges (value, baseline, detector statistic and threshold: ~80 series a
+    # key) are exported for at most this many keys, the most recently seen, plus every key
+    # with an active drift. 10 000 keys in full would be ~800 000 series per scrape.
+    max_detail_keys: int = Field(500, ge=0)
 
 
 class StateSettings(Frozen):

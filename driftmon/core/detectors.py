@@ -13,6 +13,7 @@ reference is learned again from post-change data.
 from __future__ import annotations
 
 import math
+from array import array
 from dataclasses import dataclass
 from math import erf
 from typing import Literal
@@ -167,7 +168,8 @@ class FeatureStream:
     # -- reference ------------------------------------------------------------------
     def relearn(self) -> None:
         """Forget the reference and the detectors; learn them again from new values."""
-        self._warm: list[float] | None = []
+        # array('d'): 8 bytes a value instead of a 24-byte float object and a pointer.
+        self._warm: array[float] | None = array("d")
         self._ph: FrozenPageHinkley | None = None
         self._adwin: ADWIN | None = None
         self.ref_n = 0
@@ -187,7 +189,7 @@ class FeatureStream:
     def baseline(self) -> float:
         return self._mean if self.ref_n else math.nan
 
-    def _finish_warmup(self, values: list[float]) -> None:
+    def _finish_warmup(self, values: array[float]) -> None:
         arr = np.asarray(values, dtype=np.float64)
         n = len(arr)
         self._warm = None

@@ -110,6 +110,15 @@ class Monitor:
     def key_states(self) -> list[KeyState]:
         return list(self._keys.values())
 
+    def recent_key_states(self, n: int) -> list[KeyState]:
+        """The ``n`` most recently seen keys, most recent first."""
+        out: list[KeyState] = []
+        for state in reversed(self._keys.values()):
+            if len(out) >= n:
+                break
+            out.append(state)
+        return out
+
     def get(self, endpoint: str, model: str) -> KeyState | None:
         return self._keys.get((endpoint, model))
 

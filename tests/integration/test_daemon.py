@@ -143,11 +143,25 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_are_counted(broker, tmp_pa
     lines = stream(bad_every=50, n=2000)
     produce(broker.bootstrap, TOPIC, lines)
     produce(broker.bootstrap, TOPIC, [b"\xff\xfe not utf-8", b"x" * 200_000])
-    cfg = settings_for(broker, tmp_path, kafka={"max_message_bytes": 100_000})
+    cfg = settings_for(
+        broker, tmp_path, kafka={"max_message_bytes": 100_000}, metrics={"max_detail_keys": 1}
+    )
     with running(DaemonProcess(tmp_path, cfg)) as daemon:
         daemon.wait_ready()
         wait_consumed(daemon, len(lines) + 2)
         body = daemon.metrics()
+
+        # Per-feature gauges only for the most recent key (none drifts in 2000 events);
+        # every key keeps its event counter.
+        def detail_endpoints() -> set[str]:
+            return {
+                line.split('endpoint="', 1)[1].split('"', 1)[0]
+                for line in daemon.metrics().decode().splitlines()
+                if line.startswith("driftmon_feature_value{")
+            }
+
+        wait_for(lambda: len(detail_endpoints()) == 1, timeout=20, every=0.5)
+        assert len(_key_counts(daemon)) == 4
     dead = consume_all(broker.bootstrap, "driftmon.dead-letter")
     assert len(dead) == 2000 // 50 + 2
     reasons: dict[str, int] = {}
