@@ -358,6 +358,8 @@ class Daemon:
             evicted = monitor.drain_evicted()
             for key in evicted:
                 self._remove_key_series(key)
+                if self._embedding is not None:
+                    self._embedding.sampler.forget((key.endpoint, key.model))
             if evicted:
                 m.keys_evicted.inc(len(evicted))
             active = state.active_drifts

