@@ -538,7 +538,10 @@ def daemon_housekeeping(settings: Settings, pipeline: Pipeline, offset: int) -> 
     ``checkpoint_every_events`` or ``checkpoint_every_seconds``, and on revoke)."""
     daemon = Daemon(settings)
     daemon._consumer, daemon._producer = _StubConsumer(), _StubProducer()
-    daemon.partitions[TopicPartition(TOPIC, 0)] = PartitionState(pipeline, next_offset=offset)
+    # Every record since the start is new to the checkpoint: it writes the whole state.
+    daemon.partitions[TopicPartition(TOPIC, 0)] = PartitionState(
+        pipeline, next_offset=offset, events_since_checkpoint=offset
+    )
     out: dict[str, Any] = {"rss_mib_before": round(proc_status_kib("VmRSS") / 1024, 1)}
     for name in ("refresh_metrics_first_seconds", "refresh_metrics_seconds"):
         t0 = time.perf_counter()
