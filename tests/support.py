@@ -31,6 +31,57 @@ needs_alertmanager = pytest.mark.skipif(
 )
 
 
+# SPEC §5: every metric name driftmon promises. Dashboards and rules may use only these.
+SPEC_METRICS = (
+    "driftmon_events_total",
+    "driftmon_events_rejected_total",
+    "driftmon_feature_value",
+    "driftmon_feature_baseline",
+    "driftmon_detector_statistic",
+    "driftmon_detector_threshold",
+    "driftmon_drift_active",
+    "driftmon_drift_detections_total",
+    "driftmon_last_detection_timestamp_seconds",
+    "driftmon_keys",
+    "driftmon_keys_evicted_total",
+    "driftmon_embeddings_total",
+    "driftmon_embedding_duration_seconds",
+    "driftmon_embedding_sample_ratio",
+    "driftmon_consumer_lag",
+    "driftmon_alerts_sent_total",
+)
+
+
+def daemon_settings(
+    bootstrap: str,
+    topic: str,
+    state_dir: Path,
+    group_id: str,
+    endpoints: dict[str, Any],
+    **sections: dict[str, Any],
+) -> dict[str, Any]:
+    """Settings for a test daemon: reads ``topic`` from the start, joins a group fast,
+    checkpoints often, embeddings off; ``sections`` override per section."""
+    base: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": [bootstrap],
+            "topics": [topic],
+            "group_id": group_id,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "max_poll_records": 500,
+        },
+        "state": {"dir": str(state_dir), "checkpoint_every_events": 1000},
+        "endpoints": endpoints,
+        "logging": {"level": "info", "format": "json"},
+        "embeddings": {"enabled": False},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return base
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:

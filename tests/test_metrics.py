@@ -9,24 +9,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from driftmon.metrics import Metrics, serve
+from tests.support import SPEC_METRICS
 
 SPEC_NAMES = [
-    "driftmon_events_total",
-    "driftmon_events_rejected_total",
-    "driftmon_feature_value",
-    "driftmon_feature_baseline",
-    "driftmon_detector_statistic",
-    "driftmon_detector_threshold",
-    "driftmon_drift_active",
-    "driftmon_drift_detections_total",
-    "driftmon_last_detection_timestamp_seconds",
-    "driftmon_keys",
-    "driftmon_keys_evicted_total",
-    "driftmon_embeddings_total",
-    "driftmon_embedding_duration_seconds",
-    "driftmon_embedding_sample_ratio",
-    "driftmon_consumer_lag",
-    "driftmon_alerts_sent_total",
+    *SPEC_METRICS,
     "driftmon_alert_queue_dropped_total",
     "driftmon_checkpoints_total",
     "driftmon_build_info",

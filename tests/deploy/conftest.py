@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import SPEC_METRICS as SPEC_METRIC_NAMES
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "driftmon"
 RULES = REPO / "config" / "prometheus" / "driftmon-rules.yaml"
@@ -18,26 +20,7 @@ RULES_TEST = REPO / "config" / "prometheus" / "driftmon-rules.test.yaml"
 DASHBOARD = REPO / "config" / "grafana" / "driftmon.json"
 
 # SPEC.md §5: every metric driftmon exports. Dashboards may use only these.
-SPEC_METRICS = frozenset(
-    {
-        "driftmon_events_total",
-        "driftmon_events_rejected_total",
-        "driftmon_feature_value",
-        "driftmon_feature_baseline",
-        "driftmon_detector_statistic",
-        "driftmon_detector_threshold",
-        "driftmon_drift_active",
-        "driftmon_drift_detections_total",
-        "driftmon_last_detection_timestamp_seconds",
-        "driftmon_keys",
-        "driftmon_keys_evicted_total",
-        "driftmon_embeddings_total",
-        "driftmon_embedding_duration_seconds",
-        "driftmon_embedding_sample_ratio",
-        "driftmon_consumer_lag",
-        "driftmon_alerts_sent_total",
-    }
-)
+SPEC_METRICS = frozenset(SPEC_METRIC_NAMES)
 SPEC_HISTOGRAMS = frozenset({"driftmon_embedding_duration_seconds"})
 
 # yamllint settings for the YAML written by hand here: the default rules, with

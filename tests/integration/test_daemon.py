@@ -22,6 +22,7 @@ from tests.support import (
     DaemonProcess,
     consume_all,
     create_topic,
+    daemon_settings,
     http_get,
     metric,
     needs_alertmanager,
@@ -53,24 +54,9 @@ def stream(bad_every: int = 0, n: int = N_EVENTS) -> list[str]:
 def settings_for(
     broker: EmbeddedBroker, tmp_path: Path, **sections: dict[str, Any]
 ) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "kafka": {
-            "bootstrap_servers": [broker.bootstrap],
-            "topics": [TOPIC],
-            "group_id": "driftmon-test",
-            "auto_offset_reset": "earliest",
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 1000,
-            "max_poll_records": 500,
-        },
-        "state": {"dir": str(tmp_path / "state"), "checkpoint_every_events": 1000},
-        "endpoints": ENDPOINTS,
-        "logging": {"level": "info", "format": "json"},
-        "embeddings": {"enabled": False},
-    }
-    for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
-    return base
+    return daemon_settings(
+        broker.bootstrap, TOPIC, tmp_path / "state", "driftmon-test", ENDPOINTS, **sections
+    )
 
 
 def expected_detections(lines: list[str], tmp_path: Path) -> list[tuple[int, str, str, str]]:

@@ -28,7 +28,15 @@ from driftmon.replay import replay
 from driftmon.settings import Settings
 from driftmon.synthetic import Upgrade, generate
 from driftmon.tansu import EmbeddedBroker, free_port
-from tests.support import DaemonProcess, create_topic, http_get, produce, running, wait_for
+from tests.support import (
+    DaemonProcess,
+    create_topic,
+    daemon_settings,
+    http_get,
+    produce,
+    running,
+    wait_for,
+)
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 REPO = Path(__file__).resolve().parents[2]
@@ -298,25 +306,17 @@ def dashboard_queries(
 
 
 def settings(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, Any]:
-    return {
-        "kafka": {
-            "bootstrap_servers": [broker.bootstrap],
-            "topics": [TOPIC],
-            "group_id": "driftmon-prometheus-test",
-            "auto_offset_reset": "earliest",
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 1000,
-            "max_poll_records": 500,
-        },
-        "state": {"dir": str(tmp_path / "state"), "checkpoint_every_events": 1000},
-        "endpoints": ENDPOINTS,
-        # No Alertmanager. Drifts stay latched for the whole test: with the default 500 quiet
-        # events most of them would resolve again within the ~1 s the daemon needs for the
-        # stream, and which ones Prometheus saw active would depend on scrape timing.
-        "alertmanager": {"urls": [], "resolve_after_quiet_events": 1_000_000},
-        "logging": {"level": "info", "format": "json"},
-        "embeddings": {"enabled": False},
-    }
+    # No Alertmanager. Drifts stay latched for the whole test: with the default 500 quiet
+    # events most of them would resolve again within the ~1 s the daemon needs for the
+    # stream, and which ones Prometheus saw active would depend on scrape timing.
+    return daemon_settings(
+        broker.bootstrap,
+        TOPIC,
+        tmp_path / "state",
+        "driftmon-prometheus-test",
+        ENDPOINTS,
+        alertmanager={"urls": [], "resolve_after_quiet_events": 1_000_000},
+    )
 
 
 def stream() -> list[str]:
