@@ -299,6 +299,10 @@ class Daemon:
         now = self.clock()
         ts = det.timestamp if det.timestamp is not None else now
         m.drift_detections.labels(det.endpoint, det.model, det.feature, det.detector).inc()
+        # Value and baseline with the drift flag, not at the next refresh: rules that
+        # describe an active drift read them together.
+        m.feature_value.labels(det.endpoint, det.model, det.feature).set(det.current)
+        m.feature_baseline.labels(det.endpoint, det.model, det.feature).set(det.baseline)
         m.drift_active.labels(det.endpoint, det.model, det.feature).set(1)
         # Wall time, not event time: rules and dashboards compare it with time().
         m.last_detection_timestamp.labels(det.endpoint, det.model, det.feature).set(now)
