@@ -19,8 +19,8 @@ from math import erf
 from typing import Literal
 
 import numpy as np
-from river.drift import ADWIN, PageHinkley
 
+from driftmon.core._river import ADWIN, PageHinkley
 from driftmon.core.calibration import (
     ShapeTable,
     adwin_delta,
@@ -138,6 +138,7 @@ class FeatureStream:
         "_config",
         "_detected_at",
         "_inv_sd",
+        "_learning",
         "_mean",
         "_ph",
         "_ref_sum",
@@ -168,8 +169,13 @@ class FeatureStream:
     # -- reference ------------------------------------------------------------------
     def relearn(self) -> None:
         """Forget the reference and the detectors; learn them again from new values."""
-        # array('d'): 8 bytes a value instead of a 24-byte float object and a pointer.
-        self._warm: array[float] | None = array("d")
+        # While all keys of a busy daemon learn at once, these buffers are most of its
+        # memory. A 0/1 feature needs only its count and sum (kept in the block fields).
+        # A continuous one keeps its values for the shape of its distribution, as float32
+        # (4 bytes a value, not a 24-byte float object and a pointer); its mean and
+        # variance come from the exact float64 sums.
+        self._learning = True
+        self._warm: array[float] | None = None if self._binary else array("f")
         self._ph: FrozenPageHinkley | None = None
         self._adwin: ADWIN | None = None
         self.ref_n = 0
@@ -183,27 +189,25 @@ class FeatureStream:
 
     @property
     def learning(self) -> bool:
-        return self._warm is not None
+        return self._learning
 
     @property
     def baseline(self) -> float:
         return self._mean if self.ref_n else math.nan
 
-    def _finish_warmup(self, values: array[float]) -> None:
-        arr = np.asarray(values, dtype=np.float64)
-        n = len(arr)
+    def _finish_warmup(self) -> None:
+        values = self._warm
         self._warm = None
-        if self.kind == "continuous":
+        self._learning = False
+        if values is not None:
+            arr = np.asarray(values, dtype=np.float64)
             mean = float(arr.mean())
             sd = float(arr.std(ddof=1))
             sd = sd if sd > 1e-9 * max(1.0, abs(mean)) else max(1e-9, 1e-3 * abs(mean))
             z = np.clip((arr - mean) / sd, -Z_CLIP, Z_CLIP)
             quantiles = np.quantile(z, (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES)
             self._shape = shape_table(quantiles, self._config.k)
-        self._blk_n = n
-        self._blk_sum = float(arr.sum())
-        self._blk_sumsq = float((arr * arr).sum())
-        self._merge_block()
+        self._merge_block()  # the warm-up is the first block
         cfg = self._config
         if cfg.adwin:
             self._adwin = ADWIN(  # type: ignore[no-untyped-call]
@@ -241,13 +245,17 @@ class FeatureStream:
         # Hot path: one call per feature per event. Flags and river's private
         # ``_drift_detected`` are read directly to spare property calls.
         self.n += 1
-        warm = self._warm
-        if warm is not None:
+        if self._learning:
             cur = self.current
             self.current = x if cur != cur else cur + EWMA_CURRENT * (x - cur)
-            warm.append(x)
-            if len(warm) >= self._config.warmup:
-                self._finish_warmup(warm)
+            self._blk_n += 1
+            self._blk_sum += x
+            self._blk_sumsq += x * x
+            warm = self._warm
+            if warm is not None:
+                warm.append(x)
+            if self._blk_n >= self._config.warmup:
+                self._finish_warmup()
             return None
         self.current += EWMA_CURRENT * (x - self.current)
         if self._binary:

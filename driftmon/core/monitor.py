@@ -14,7 +14,7 @@ from typing import Any
 from driftmon.core.detectors import DetectorConfig, FeatureStream, Kind
 from driftmon.core.embeddings import EmbeddingStream, Vector
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: warm-up buffers as float32, none for 0/1 features
 
 # Everything else (0/1 format and contract features) is watched as a rate.
 CONTINUOUS_FEATURES = frozenset(

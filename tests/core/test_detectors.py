@@ -85,3 +85,23 @@ def test_frozen_page_hinkley_matches_rivers_own_update():
         assert ours.statistic == reference.statistic
         flags.append(ours.drift_detected)
     assert sum(flags) >= 5  # the comparison covered detections and resets
+
+
+def test_river_detectors_load_without_river_drift_package_imports():
+    """river.drift's __init__ pulls scikit-learn and scipy; driftmon skips it (memory)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from driftmon.core.detectors import FeatureStream\n"
+        "heavy = sorted(m for m in ('sklearn', 'river.datasets', 'river.drift') if m in sys.modules)\n"
+        "from driftmon.core import _river\n"
+        "import river.drift\n"
+        "print(heavy, river.drift.ADWIN is _river.ADWIN, "
+        "river.drift.PageHinkley is _river.PageHinkley)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    assert out.strip() == "[] True True"
