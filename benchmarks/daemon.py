@@ -9,7 +9,9 @@ memory of many active keys. Prints JSON (progress goes to stderr).
    use the same fetch settings and ``max_poll_records`` and run pinned to one CPU; the
    broker is pinned to another. Rates are timed from the first batch to the last record,
    so the ~3 s group join is not counted; ``daemon_to_plain_ratio`` is the figure that
-   survives a noisy machine.
+   survives a noisy machine. With ``--embeddings`` the daemon runs a third time with
+   embeddings on (default sampling and budget, one torch thread), its embedding worker
+   pinned to the other CPU (the broker's): ``embeddings_on_to_off_ratio``.
 3. In a fresh subprocess, feeds a core Pipeline ``--events-per-key`` events for each of
    ``--keys`` keys (round-robin, so all keys are active at once) until every feature
    stream of every key is past its warm-up (each event gets inline feedback so that the
@@ -18,7 +20,7 @@ memory of many active keys. Prints JSON (progress goes to stderr).
    the daemon's per-key housekeeping: ``Daemon.refresh_metrics``, a /metrics scrape and
    ``Daemon.checkpoint`` (stub consumer and producer, no broker).
 
-    python benchmarks/daemon.py [--events 500000] [--partitions 1] [--keys 10000]
+    python benchmarks/daemon.py [--events 500000] [--partitions 1] [--keys 10000] [--embeddings]
 """
 
 from __future__ import annotations
@@ -247,7 +249,10 @@ def consume_daemon(
     max_poll_records: int,
     state_dir: Path,
     profile_to: Path | None = None,
+    embed_cpu: int | None = None,
 ) -> dict[str, Any]:
+    """``embed_cpu``: run with embeddings on (default sampling and budget), the embedding
+    worker thread pinned to that CPU; the consumer loop stays on the caller's CPU."""
     settings = Settings(
         kafka={
             "bootstrap_servers": [bootstrap],
@@ -261,9 +266,15 @@ def consume_daemon(
         metrics={"host": "127.0.0.1", "port": 0},
         state={"dir": str(state_dir), "checkpoint_every_events": 100_000},
         logging={"level": "warning"},
-        embeddings={"enabled": False},
+        embeddings={"enabled": embed_cpu is not None, "threads": 1},
     )
     daemon = Daemon(settings)
+    embedding = daemon._embedding
+    if embed_cpu is not None:
+        assert embedding is not None and embedding.worker._thread is not None
+        worker_tid = embedding.worker._thread.native_id
+        assert worker_tid is not None
+        os.sched_setaffinity(worker_tid, {embed_cpu})
     timing = Timing(total)
     detections: list[Detection] = []
     daemon.on_detection = detections.append
@@ -324,8 +335,23 @@ def consume_daemon(
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     assert timing.first is not None
     checkpoints = daemon.registry.get_sample_value("driftmon_checkpoints_total") or 0.0
+    extra: dict[str, Any] = {}
+    if embedding is not None:
+        stats = embedding.worker.stats()
+        extra = {
+            "embeddings": {
+                "embedded": stats.embedded,
+                "dropped_queue_full": stats.dropped,
+                "sampled": embedding.sampler.sampled,
+                "skipped_budget": embedding.sampler.skipped_budget,
+                "sample_ratio_at_end": embedding.sampler.ratio,
+                "budget_per_second": settings.embeddings.budget_per_second,
+                "worker_cpu": embed_cpu,
+            }
+        }
     return {
         **timing.report(),
+        **extra,
         "group_join_seconds": round(timing.first - start, 2),
         "shutdown_seconds": round(stopped - timing.last, 2),
         "pipeline_records_seen": seen,
@@ -380,14 +406,26 @@ def kafka_phase(args: argparse.Namespace, pinned: dict[str, Any]) -> dict[str, A
                     else None
                 )
                 progress(f"daemon: {daemon['events_per_second']} events/s, ratio {ratio:.3f}")
-                runs.append(
-                    {
-                        "plain_kafka_python": plain,
-                        "daemon": daemon,
-                        "daemon_to_plain_ratio": round(ratio, 3),
-                        "daemon_to_plain_cpu_ratio": round(cpu_ratio, 3) if cpu_ratio else None,
-                    }
-                )
+                run: dict[str, Any] = {
+                    "plain_kafka_python": plain,
+                    "daemon": daemon,
+                    "daemon_to_plain_ratio": round(ratio, 3),
+                    "daemon_to_plain_cpu_ratio": round(cpu_ratio, 3) if cpu_ratio else None,
+                }
+                if args.embeddings:
+                    progress("the daemon again, embeddings on (worker on the other CPU)")
+                    on = consume_daemon(
+                        broker.bootstrap,
+                        total,
+                        args.max_poll_records,
+                        Path(tmp) / f"state-emb-{r}",
+                        embed_cpu=cpus[1],
+                    )
+                    on_off = on["events_per_second"] / daemon["events_per_second"]
+                    progress(f"embeddings on: {on['events_per_second']} events/s, {on_off:.3f}x")
+                    run["daemon_embeddings_on"] = on
+                    run["embeddings_on_to_off_ratio"] = round(on_off, 3)
+                runs.append(run)
         finally:
             pin_process(set(cpus))
             broker.stop()
@@ -406,6 +444,15 @@ def kafka_phase(args: argparse.Namespace, pinned: dict[str, Any]) -> dict[str, A
         ),
         "daemon_to_plain_ratio_median": round(
             statistics.median(r["daemon_to_plain_ratio"] for r in runs), 3
+        ),
+        **(
+            {
+                "embeddings_on_to_off_ratio_median": round(
+                    statistics.median(r["embeddings_on_to_off_ratio"] for r in runs), 3
+                )
+            }
+            if args.embeddings
+            else {}
         ),
     }
 
@@ -443,9 +490,17 @@ def memory_child(pool: Path, events_per_key: int, distinct_per_key: int) -> dict
     """Runs in a fresh interpreter: RSS before and after every key of ``pool`` (a file of
     ``distinct_per_key`` lines per key, key after key) is warmed up."""
     rss_start = proc_status_kib("VmRSS")
-    lines = pool.read_bytes().splitlines()
-    per_key = [lines[i : i + distinct_per_key] for i in range(0, len(lines), distinct_per_key)]
-    del lines
+    # The input stays in the file (page cache, not this process's memory) and each event
+    # is read when fed, as a daemon holds only its current batch: RSS is driftmon's own.
+    fd = os.open(pool, os.O_RDONLY)
+    spans: list[tuple[int, int]] = []
+    offset = 0
+    with open(pool, "rb") as fh:
+        for line in fh:
+            spans.append((len(line) - 1, offset))
+            offset += len(line)
+    per_key = [spans[i : i + distinct_per_key] for i in range(0, len(spans), distinct_per_key)]
+    del spans
     logs.configure("warning", "json")  # the daemon's checkpoint logs; stdout is our JSON
     state_dir = pool.parent / "state"
     # Defaults otherwise. A Pipeline without a sampler never embeds, whatever the flag; the
@@ -462,12 +517,14 @@ def memory_child(pool: Path, events_per_key: int, distinct_per_key: int) -> dict
     index = 0
     for j in range(events_per_key):
         for lines in per_key:
-            detections += len(pipeline.process(lines[j % len(lines)], index).detections)
+            length, at = lines[j % len(lines)]
+            detections += len(pipeline.process(os.pread(fd, length, at), index).detections)
             index += 1
         if (j + 1) % 50 == 0 or j + 1 == events_per_key:
             trajectory.append((j + 1, proc_status_kib("VmRSS")))
             progress(f"memory: {j + 1} events per key, RSS {trajectory[-1][1] // 1024} MiB")
     seconds = time.perf_counter() - start
+    os.close(fd)
     key_states = monitor.key_states()
     streams = [s for key in key_states for s in key.streams.values()]
     still_learning = sum(s.learning for s in streams)
@@ -597,6 +654,11 @@ def main() -> None:
     ap.add_argument("--skip-kafka", action="store_true", help="memory measurement only")
     ap.add_argument("--skip-memory", action="store_true", help="Kafka phases only")
     ap.add_argument("--profile", type=Path, help="cProfile the first daemon run into FILE")
+    ap.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="also run the daemon with embeddings on (needs the embeddings extra)",
+    )
     ap.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)  # the pool file
     args = ap.parse_args()
 

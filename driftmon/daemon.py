@@ -67,10 +67,13 @@ class _EmbeddingPath:
             metrics.embedding_duration.observe(seconds)
 
         self.metrics = metrics
+        self._skipped_budget = self._dropped = 0
         self.sampler = Sampler.from_settings(settings.embeddings)
         self.worker: EmbeddingWorker[tuple[TopicPartition, str, str], tuple[int, float | None]]
         self.worker = EmbeddingWorker.from_settings(
-            load_embedder(settings.embeddings), settings.embeddings, on_batch=on_batch
+            load_embedder(settings.embeddings, threads=settings.embeddings.threads),
+            settings.embeddings,
+            on_batch=on_batch,
         )
 
     def submit(self, tp: TopicPartition, event: Event, offset: int, ts: float | None) -> None:
@@ -80,8 +83,18 @@ class _EmbeddingPath:
         self,
     ) -> list[tuple[TopicPartition, str, str, int, float | None, Vector]]:
         now = time.monotonic()
-        self.sampler.report_backlog(self.worker.backlog, self.worker.capacity, now)
-        self.metrics.embedding_sample_ratio.set(self.sampler.ratio)
+        stats = self.worker.stats()
+        self.sampler.report_backlog(stats.backlog, self.worker.capacity, now)
+        m = self.metrics
+        m.embedding_sample_ratio.set(self.sampler.ratio)
+        m.embedding_queue.set(stats.backlog)
+        # Counters take increments; the sampler and the worker keep running totals.
+        budget, full = self.sampler.skipped_budget, stats.dropped
+        if budget > self._skipped_budget:
+            m.embeddings_skipped.labels("budget").inc(budget - self._skipped_budget)
+        if full > self._dropped:
+            m.embeddings_skipped.labels("queue_full").inc(full - self._dropped)
+        self._skipped_budget, self._dropped = budget, full
         return [
             (tp, ep, model, offset, ts, vector)
             for (tp, ep, model), (offset, ts), vector in self.worker.drain()
@@ -149,7 +162,12 @@ class Daemon:
         for tp in sorted(assigned):
             sampler = self._embedding.sampler if self._embedding else None
             state = PartitionState(
-                Pipeline(self.settings, extractor=self.extractor, sampler=sampler)
+                Pipeline(
+                    self.settings,
+                    extractor=self.extractor,
+                    sampler=sampler,
+                    sampler_clock=time.monotonic,
+                )
             )
             ckpt = self.store.load(tp.topic, tp.partition)
             if ckpt is not None:

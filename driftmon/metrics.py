@@ -95,6 +95,14 @@ class Metrics:
         self.embedding_sample_ratio = gauge(
             "driftmon_embedding_sample_ratio", "Fraction of outputs currently embedded."
         )
+        self.embedding_queue = gauge(
+            "driftmon_embedding_queue", "Sampled outputs waiting for the embedding worker."
+        )
+        self.embeddings_skipped = counter(
+            "driftmon_embeddings_skipped",
+            "Sampled outputs not embedded: over the global budget, or the queue was full.",
+            ("reason",),
+        )
         self.consumer_lag = gauge(
             "driftmon_consumer_lag", "Kafka consumer lag in records.", ("topic", "partition")
         )

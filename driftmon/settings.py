@@ -162,6 +162,9 @@ class EmbeddingSettings(Frozen):
     batch_size: int = Field(16, ge=1)
     queue_size: int = Field(256, ge=1)
     max_seq_length: int = Field(256, ge=16)
+    # torch threads of the daemon's embedding worker: with 1, the consumer loop keeps its
+    # own core and the embedder takes one more (give the pod 2 CPUs with embeddings on).
+    threads: int = Field(1, ge=1)
     seed: int = 0
 
 

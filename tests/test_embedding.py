@@ -131,6 +131,29 @@ def test_sampler_honours_the_budget():
     assert sum(stalled.decide(("k",), i, now=100.0 - i) for i in range(100)) == 5
 
 
+def test_pipeline_spends_the_budget_on_its_clock_not_on_event_time():
+    """A backlog whose events are an hour apart, read in an instant: the daemon's budget
+    is embeddings per wall-clock second, so the burst is all it gets."""
+    import json
+
+    from driftmon.core.pipeline import Pipeline
+    from driftmon.settings import Settings
+
+    settings = Settings(embeddings={"enabled": False})
+    lines = [
+        json.dumps({"endpoint": "e", "model": "m", "output": f"answer {i}", "timestamp": 3600 * i})
+        for i in range(200)
+    ]
+
+    def embedded(**clock):
+        sampler = Sampler(1.0, budget_per_second=5.0, seed=0, min_per_key=0)
+        pipeline = Pipeline(settings, sampler=sampler, **clock)
+        return sum(pipeline.process(line, i).embed for i, line in enumerate(lines))
+
+    assert embedded(sampler_clock=lambda: 1000.0) == 5  # one burst, the clock stands still
+    assert embedded() == 200  # replay: event time, an hour of budget between events
+
+
 def test_backlog_halves_the_ratio_to_a_floor_and_recovers():
     sampler = Sampler(0.2, 100.0, min_factor=1 / 8, adapt_seconds=1.0)
     sampler.report_backlog(200, 256, now=0.0)

