@@ -8,6 +8,7 @@ Prints JSON. Needs the embeddings extra (``pip install torch==2.13.0`` first).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -38,30 +39,35 @@ def real_answers(n: int) -> list[str]:
 
 
 def worker_vs_encode(texts: list[str], repeats: int) -> dict[str, Any]:
+    """The worker (a child process with its own copy of the model) against plain encode in
+    this process; one torch thread each, as the daemon runs it, interleaved."""
     settings = Settings().embeddings
-    embedder = load_embedder(settings)
+    embedder = load_embedder(settings, threads=1)
     model = embedder._model  # the SentenceTransformer inside, for the plain baseline
+    worker: EmbeddingWorker[int, int] = EmbeddingWorker.from_settings(
+        functools.partial(load_embedder, settings, threads=1),
+        settings.model_copy(update={"queue_size": len(texts)}),
+    )
     plain, worker_rates = [], []
-    for _ in range(repeats):  # interleaved, so both see the same machine
-        t0 = time.perf_counter()
-        model.encode(
-            texts,
-            batch_size=settings.batch_size,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        plain.append(len(texts) / (time.perf_counter() - t0))
-        worker: EmbeddingWorker[int, int] = EmbeddingWorker.from_settings(
-            embedder, settings.model_copy(update={"queue_size": len(texts)})
-        )
-        t0 = time.perf_counter()
-        for i, text in enumerate(texts):
-            worker.submit(i, i, text)
-        done = 0
-        while done < len(texts):
-            done += len(worker.drain())
-            time.sleep(0.005)
-        worker_rates.append(len(texts) / (time.perf_counter() - t0))
+    try:
+        for _ in range(repeats):  # interleaved, so both see the same machine
+            t0 = time.perf_counter()
+            model.encode(
+                texts,
+                batch_size=settings.batch_size,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+            plain.append(len(texts) / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            for i, text in enumerate(texts):
+                worker.submit(i, i, text)
+            done = 0
+            while done < len(texts):
+                done += len(worker.drain())
+                time.sleep(0.005)
+            worker_rates.append(len(texts) / (time.perf_counter() - t0))
+    finally:
         worker.close()
     return {
         "texts": len(texts),

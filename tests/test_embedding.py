@@ -1,5 +1,8 @@
+import functools
+import multiprocessing
+import os
+import signal
 import socket
-import threading
 import time
 
 import numpy as np
@@ -61,7 +64,8 @@ def test_real_model_encodes_normalised_384_vectors(embedder, no_network):
 @pytest.mark.embeddings
 def test_real_model_through_the_worker_matches_direct_encoding(embedder):
     texts = [f"answer number {i}: " + "lorem ipsum " * i for i in range(20)]
-    worker: EmbeddingWorker[str, int] = EmbeddingWorker(embedder, batch_size=8)
+    factory = functools.partial(load_embedder, EmbeddingSettings(enabled=True), threads=1)
+    worker: EmbeddingWorker[str, int] = EmbeddingWorker(factory, batch_size=8)
     try:
         for i, text in enumerate(texts):
             assert worker.submit("k", i, text)
@@ -170,27 +174,45 @@ def test_backlog_halves_the_ratio_to_a_floor_and_recovers():
 
 
 # -- worker ---------------------------------------------------------------------------
+# The worker is a child process ("spawn"): the stand-in embedders below are module-level
+# classes so the child can import them; batch sizes are seen through on_batch.
 
 
 class SlowEmbedder:
-    """Stands in for the model: 2 ms per text, records batch sizes."""
+    """Stands in for the model: 2 ms per text; waits for ``gate`` (if any) first."""
 
-    def __init__(self, gate: threading.Event | None = None) -> None:
-        self.batches: list[int] = []
+    def __init__(self, gate=None) -> None:
         self.gate = gate
 
     def encode(self, texts):
         if self.gate is not None:
-            self.gate.wait(10)
+            self.gate.wait(30)
         time.sleep(0.002 * len(texts))
-        self.batches.append(len(texts))
         return np.full((len(texts), 4), 0.5, dtype=np.float32)
+
+
+class BrokenEmbedder:
+    def encode(self, texts):
+        raise ValueError("boom")
+
+
+def _fail_to_load():
+    raise EmbeddingUnavailable("no model here")
+
+
+def _drain_until(worker, n, timeout=30.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += worker.drain()
+        time.sleep(0.01)
+    return got
 
 
 def test_worker_queue_stays_bounded_under_a_flood():
     seen: list[tuple[int, float]] = []
     worker: EmbeddingWorker[str, int] = EmbeddingWorker(
-        SlowEmbedder(), batch_size=16, queue_size=64, on_batch=lambda n, s: seen.append((n, s))
+        SlowEmbedder, batch_size=16, queue_size=64, on_batch=lambda n, s: seen.append((n, s))
     )
     accepted = 0
     try:
@@ -199,11 +221,7 @@ def test_worker_queue_stays_bounded_under_a_flood():
             assert worker.backlog <= 64
         stats = worker.stats()
         assert stats.dropped == 10_000 - accepted > 0
-        got = []
-        deadline = time.monotonic() + 30
-        while len(got) < accepted and time.monotonic() < deadline:
-            got += worker.drain()
-            time.sleep(0.01)
+        got = _drain_until(worker, accepted)
     finally:
         assert worker.close(timeout=5)
     assert len(got) == accepted
@@ -215,46 +233,55 @@ def test_worker_queue_stays_bounded_under_a_flood():
 
 
 def test_worker_batches_what_is_waiting():
-    gate = threading.Event()
-    embedder = SlowEmbedder(gate)
-    worker: EmbeddingWorker[str, int] = EmbeddingWorker(embedder, batch_size=8, queue_size=100)
+    gate = multiprocessing.get_context("spawn").Event()
+    sizes: list[int] = []
+    worker: EmbeddingWorker[str, int] = EmbeddingWorker(
+        functools.partial(SlowEmbedder, gate),
+        batch_size=8,
+        queue_size=100,
+        on_batch=lambda n, s: sizes.append(n),
+    )
     try:
-        worker.submit("k", -1, "first")  # taken alone while the gate holds the thread
+        worker.submit("k", -1, "first")  # taken alone while the gate holds the child
+        deadline = time.monotonic() + 10
+        while worker.backlog and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.2)
-        for i in range(20):
+        for i in range(40):
             assert worker.submit("k", i, "t")
         gate.set()
-        deadline = time.monotonic() + 10
-        while worker.stats().embedded < 21 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        got = _drain_until(worker, 41)
     finally:
         worker.close()
-    assert embedder.batches == [1, 20]  # up to 4 x batch_size per encode call
+    assert len(got) == 41
+    assert sizes == [1, 32, 8]  # up to 4 x batch_size per encode call
 
 
 def test_worker_error_surfaces_in_drain():
-    class Broken:
-        def encode(self, texts):
-            raise ValueError("boom")
-
-    worker: EmbeddingWorker[str, int] = EmbeddingWorker(Broken())
+    worker: EmbeddingWorker[str, int] = EmbeddingWorker(BrokenEmbedder)
     worker.submit("k", 0, "x")
-    deadline = time.monotonic() + 5
-    with pytest.raises(RuntimeError, match="stopped") as info:
+    deadline = time.monotonic() + 10
+    with pytest.raises(RuntimeError, match="stopped: ValueError: boom"):
         while time.monotonic() < deadline:
             worker.drain()
             time.sleep(0.01)
-    assert isinstance(info.value.__cause__, ValueError)
+    assert not worker.submit("k", 1, "after the failure")
     assert worker.close()
 
 
-def test_synchronous_mode_encodes_in_order_in_fixed_batches():
-    embedder = SlowEmbedder()
-    calls: list[int] = []
-    worker: EmbeddingWorker[str, int] = EmbeddingWorker(
-        embedder, batch_size=4, threaded=False, on_batch=lambda n, s: calls.append(n)
-    )
-    out = worker.encode_now([f"t{i}" for i in range(10)])
-    assert out.shape == (10, 4) and calls == [4, 4, 2]
-    assert not worker.submit("k", 0, "no thread in this mode")
-    assert worker.close()
+def test_a_model_that_cannot_load_fails_the_constructor_with_its_reason():
+    with pytest.raises(EmbeddingUnavailable, match="no model here"):
+        EmbeddingWorker(_fail_to_load)
+
+
+def test_a_dead_worker_is_reported_not_waited_for():
+    worker: EmbeddingWorker[str, int] = EmbeddingWorker(SlowEmbedder)
+    assert worker.pid is not None
+    os.kill(worker.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    with pytest.raises(RuntimeError, match="exited"):
+        while time.monotonic() < deadline:
+            worker.drain()
+            time.sleep(0.01)
+    assert not worker.submit("k", 0, "x")
+    worker.close()
