@@ -209,6 +209,14 @@ def _drain_until(worker, n, timeout=30.0):
     return got
 
 
+def _drain_until_it_raises(worker, match, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    with pytest.raises(RuntimeError, match=match):
+        while time.monotonic() < deadline:
+            worker.drain()
+            time.sleep(0.01)
+
+
 def test_worker_queue_stays_bounded_under_a_flood():
     seen: list[tuple[int, float]] = []
     worker: EmbeddingWorker[str, int] = EmbeddingWorker(
@@ -260,11 +268,7 @@ def test_worker_batches_what_is_waiting():
 def test_worker_error_surfaces_in_drain():
     worker: EmbeddingWorker[str, int] = EmbeddingWorker(BrokenEmbedder)
     worker.submit("k", 0, "x")
-    deadline = time.monotonic() + 10
-    with pytest.raises(RuntimeError, match="stopped: ValueError: boom"):
-        while time.monotonic() < deadline:
-            worker.drain()
-            time.sleep(0.01)
+    _drain_until_it_raises(worker, "stopped: ValueError: boom")
     assert not worker.submit("k", 1, "after the failure")
     assert worker.close()
 
@@ -278,10 +282,6 @@ def test_a_dead_worker_is_reported_not_waited_for():
     worker: EmbeddingWorker[str, int] = EmbeddingWorker(SlowEmbedder)
     assert worker.pid is not None
     os.kill(worker.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    with pytest.raises(RuntimeError, match="exited"):
-        while time.monotonic() < deadline:
-            worker.drain()
-            time.sleep(0.01)
+    _drain_until_it_raises(worker, "exited")
     assert not worker.submit("k", 0, "x")
     worker.close()
