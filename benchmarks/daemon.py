@@ -11,7 +11,7 @@ memory of many active keys. Prints JSON (progress goes to stderr).
    so the ~3 s group join is not counted; ``daemon_to_plain_ratio`` is the figure that
    survives a noisy machine. With ``--embeddings`` the daemon runs a third time with
    embeddings on (default sampling and budget, one torch thread), its embedding worker
-   pinned to the other CPU (the broker's): ``embeddings_on_to_off_ratio``.
+   process pinned to the other CPU (the broker's): ``embeddings_on_to_off_ratio``.
 3. In a fresh subprocess, feeds a core Pipeline ``--events-per-key`` events for each of
    ``--keys`` keys (round-robin, so all keys are active at once) until every feature
    stream of every key is past its warm-up (each event gets inline feedback so that the
@@ -252,7 +252,7 @@ def consume_daemon(
     embed_cpu: int | None = None,
 ) -> dict[str, Any]:
     """``embed_cpu``: run with embeddings on (default sampling and budget), the embedding
-    worker thread pinned to that CPU; the consumer loop stays on the caller's CPU."""
+    worker process pinned to that CPU; the consumer loop stays on the caller's CPU."""
     settings = Settings(
         kafka={
             "bootstrap_servers": [bootstrap],
@@ -271,10 +271,8 @@ def consume_daemon(
     daemon = Daemon(settings)
     embedding = daemon._embedding
     if embed_cpu is not None:
-        assert embedding is not None and embedding.worker._thread is not None
-        worker_tid = embedding.worker._thread.native_id
-        assert worker_tid is not None
-        os.sched_setaffinity(worker_tid, {embed_cpu})
+        assert embedding is not None and embedding.worker.pid is not None
+        os.sched_setaffinity(embedding.worker.pid, {embed_cpu})  # the worker is a process
     timing = Timing(total)
     detections: list[Detection] = []
     daemon.on_detection = detections.append
