@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,9 +36,11 @@ FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.floating[Any]]
 
 VARIANCE_FLOOR = 1e-10  # a key whose outputs never vary still gets finite distances
-SIM_CHAINS = 1000
-SIM_STEPS = 500
-TAIL_QUANTILE = 0.99  # the exponential tail is fitted above this quantile of T²
+SIM_CHAINS = 2000
+SIM_STEPS = 1000
+POOL = 8192  # smoothed held-out draws the simulation resamples from
+EXPLICIT_DIRECTIONS = 32  # held-out principal directions simulated from the rows themselves
+TAIL_QUANTILE = 0.999  # the exponential tail is fitted above this quantile of T²
 # Real held-out data put T² near ``rank``; the floor only matters when the outputs never
 # vary, where it keeps rounding noise from firing while any real change still does.
 MIN_THRESHOLD = 1.0
@@ -86,18 +87,33 @@ class EmbeddingReference:
     Feed warm-up vectors with :meth:`add`: the first ``fit_n`` fit the reference
     (``fitted``), the next ``calib_n`` are held out (``calibrated``).
 
+    The covariance is probabilistic PCA: the top ``rank`` directions of the shrunk
+    covariance, one variance for the rest. :meth:`whitened` maps an embedding to all of
+    its ``dim`` coordinates, whitened under that covariance (the MEWMA's input, so a
+    shift in any direction counts). :meth:`mahalanobis` is the distance under the same
+    model restricted to the top ``distance_rank`` directions: with 200 fit vectors the top
+    32 directions memorise the fit set (its own answers lie ~2 held-out standard
+    deviations closer than new ones, and answers of another run to the same prompts
+    ~1.5), so a stream that repeats fit prompts would see its distance move when the
+    answers change but the model does not; 8 directions cut that to a third.
+
     >>> rng = np.random.default_rng(0)
-    >>> ref = EmbeddingReference(fit_n=100, calib_n=50, rank=4)
+    >>> ref = EmbeddingReference(fit_n=100, calib_n=50, rank=4, distance_rank=2)
     >>> for v in rng.normal(size=(150, 8)):
     ...     ref.add(v)
     >>> ref.calibrated, ref.held_out_whitened.shape
-    (True, (50, 4))
+    (True, (50, 8))
     >>> ref.mahalanobis(np.zeros(8)) < ref.mahalanobis(np.full(8, 3.0))
     True
     """
 
     def __init__(
-        self, fit_n: int = 200, calib_n: int = 200, rank: int = 32, min_shrinkage: float = 0.3
+        self,
+        fit_n: int = 200,
+        calib_n: int = 200,
+        rank: int = 32,
+        min_shrinkage: float = 0.3,
+        distance_rank: int | None = 8,
     ) -> None:
         if fit_n < 2 or calib_n < 2 or rank < 1 or not 0.0 <= min_shrinkage <= 1.0:
             raise ValueError("need fit_n ≥ 2, calib_n ≥ 2, rank ≥ 1, 0 ≤ min_shrinkage ≤ 1")
@@ -105,16 +121,23 @@ class EmbeddingReference:
         self.calib_n = calib_n
         self.rank = rank
         self.min_shrinkage = min_shrinkage
+        self.distance_rank = rank if distance_rank is None else min(distance_rank, rank)
         self.shrinkage = math.nan
         self._pending: list[FloatArray] = []
-        self._held_out: list[FloatArray] = []
+        self._held_out: list[npt.NDArray[np.float32]] = []
+        self._held_out_d: list[float] = []
         self._mean = np.zeros(0)
         self._mean_norm = 0.0
         self._basis = np.zeros((0, 0), dtype=np.float32)  # rows: top eigen-directions
         self._inv_sqrt = np.zeros(0)
         self._inv_rest = 0.0
+        self._rest_scale = 0.0  # 1/σ_rest: whitening outside the top directions
+        self._top_gain = np.zeros(0)  # 1/σ_i − 1/σ_rest along the top directions
+        self._dist_inv = np.zeros(0)  # 1/σ_i² of the distance's directions
+        self._dist_inv_rest = 0.0
         self.held_out_distances = np.zeros(0)
         self.held_out_whitened = np.zeros((0, 0), dtype=np.float32)
+        self.held_out_mean = np.zeros(0)
 
     @property
     def fitted(self) -> bool:
@@ -128,6 +151,10 @@ class EmbeddingReference:
     def mean(self) -> FloatArray:
         return self._mean
 
+    @property
+    def dim(self) -> int:
+        return int(self._mean.size)
+
     def add(self, v: Vector) -> None:
         """Learn from one warm-up vector; ignored once the reference is calibrated."""
         x = np.asarray(v, dtype=np.float64).ravel()
@@ -137,21 +164,17 @@ class EmbeddingReference:
                 self._fit(np.stack(self._pending))
                 self._pending = []
         elif not self.calibrated:
-            self._held_out.append(self._project(x))
+            self._held_out.append(self.whitened(x).astype(np.float32))
+            self._held_out_d.append(self.mahalanobis(x))
             if len(self._held_out) >= self.calib_n:
-                projected = np.stack(self._held_out)
-                top, rest = projected[:, :-1], projected[:, -1]
-                self.held_out_distances = np.sqrt((top * top).sum(axis=1) + rest)
-                # The held-out mean is off the fit mean by the fit's error (which the live
-                # stream shares) plus its own sampling error (which it does not): shrink
-                # it so the offsets have the variance of the fit's error alone.
-                keep = math.sqrt(self.calib_n / (self.fit_n + self.calib_n))
-                top -= (1.0 - keep) * top.mean(axis=0)
-                self.held_out_whitened = top.astype(np.float32)
-                self._held_out = []
+                rows = np.stack(self._held_out)
+                self.held_out_mean = rows.mean(axis=0, dtype=np.float64)
+                self.held_out_whitened = rows
+                self.held_out_distances = np.asarray(self._held_out_d)
+                self._held_out, self._held_out_d = [], []
 
     def discard_held_out_vectors(self) -> None:
-        """Free the held-out vectors once the MEWMA threshold is set (a third of a key)."""
+        """Free the held-out vectors once the MEWMA threshold is set (the bulk of a key)."""
         self.held_out_whitened = self.held_out_whitened[:0].copy()
 
     def _fit(self, x: FloatArray) -> None:
@@ -177,22 +200,33 @@ class EmbeddingReference:
         self._basis = basis.astype(np.float32)
         self._inv_sqrt = 1.0 / np.sqrt(top)
         self._inv_rest = 1.0 / rest
+        self._rest_scale = math.sqrt(self._inv_rest)
+        self._top_gain = self._inv_sqrt - self._rest_scale
+        k = min(self.distance_rank, r)
+        rest_k = max((mu * p - float(top[:k].sum())) / (p - k), VARIANCE_FLOOR)
+        self._dist_inv = 1.0 / top[:k]
+        self._dist_inv_rest = 1.0 / rest_k
 
-    def _project(self, v: Vector) -> FloatArray:
-        """Top-``rank`` whitened coordinates, then ‖y − VVᵀy‖² / σ²_rest (y = v − mean)."""
+    def _centered(self, v: Vector) -> tuple[FloatArray, FloatArray]:
         y = np.asarray(v, dtype=np.float64).ravel() - self._mean
-        proj = self._basis @ y
-        rest = max(float(y @ y) - float(proj @ proj), 0.0) * self._inv_rest
-        return np.append(proj * self._inv_sqrt, rest)
+        return y, self._basis @ y
 
     def whitened(self, v: Vector) -> FloatArray:
-        """The top-``rank`` whitened coordinates of ``v`` (about unit variance on the fit)."""
-        return self._project(v)[:-1]
+        """All ``dim`` coordinates of ``v`` whitened under the reference covariance.
+
+        ``‖whitened(v)‖²`` is the full-rank squared Mahalanobis distance.
+        """
+        y, proj = self._centered(v)
+        out: FloatArray = self._rest_scale * y + (proj * self._top_gain) @ self._basis
+        return out
 
     def mahalanobis(self, v: Vector) -> float:
-        """Distance of ``v`` to the reference under the shrunk covariance."""
-        w = self._project(v)
-        return math.sqrt(float(w[:-1] @ w[:-1]) + float(w[-1]))
+        """Distance of ``v`` to the reference (top ``distance_rank`` directions + the rest)."""
+        y, proj = self._centered(v)
+        k = self._dist_inv.size
+        top = proj[:k]
+        rest = max(float(y @ y) - float(top @ top), 0.0)
+        return math.sqrt(float((top * top) @ self._dist_inv) + rest * self._dist_inv_rest)
 
     def cosine_to_centroid(self, v: Vector) -> float:
         """Cosine similarity of ``v`` to the reference mean (for display only)."""
@@ -201,46 +235,120 @@ class EmbeddingReference:
         return float(x @ self._mean) / denom if denom > 0.0 else 0.0
 
 
-@lru_cache(maxsize=8)
-def _bootstrap_indices(seed: int, n: int, chains: int, steps: int) -> npt.NDArray[np.intp]:
-    """Resampling indices, shared by every key with the same calibration size and seed."""
-    idx = np.random.default_rng(seed).integers(0, n, size=(steps, chains))
-    idx.setflags(write=False)
-    return idx
+@dataclass(frozen=True, slots=True)
+class NullModel:
+    """What a MEWMA's input looks like when nothing changed, in principal coordinates.
+
+    ``rows``: the held-out rows' coordinates along their top principal directions,
+    scaled by ``row_scale``, and ``noise`` the Gaussian smoothing added to each draw (a
+    smoothed bootstrap). Beyond them a ``block`` of ``block_dim`` (effective) coordinates
+    of variance ``block_var`` each. ``explicit_var`` is the model's variance along each
+    explicit coordinate.
+    """
+
+    rows: FloatArray
+    noise: float
+    explicit_var: FloatArray
+    block_dim: float
+    block_var: float
 
 
-def mewma_threshold(
-    held_out: Vector,
+def null_model(held_out: Vector, explicit: int = EXPLICIT_DIRECTIONS) -> NullModel:
+    """The null law of whitened embeddings, learned from held-out rows (n × dim).
+
+    The sample covariance of n ≪ dim rows is rank-deficient and its spectrum too spread
+    (its Σc² is inflated by about (Σc)²/n), which would make thresholds needlessly high;
+    a Gaussian with a shrunk spectrum instead misses the real answers' clusters (topics),
+    whose bursts are what fires a chart on unseen prompts. So draws are held-out rows
+    scaled by √keep plus isotropic Gaussian noise of the rest of the variance, with keep
+    chosen so that the model's Σc² is the unbiased estimate (Ledoit–Wolf's δ − β).
+    """
+    rows = np.asarray(held_out, dtype=np.float64)
+    n, p = rows.shape
+    centered = rows - rows.mean(axis=0)
+    gram = centered @ centered.T
+    shrinkage = ledoit_wolf_shrinkage(centered, gram)
+    lam, vec = np.linalg.eigh(gram)
+    lam, vec = np.maximum(lam[::-1], 0.0), vec[:, ::-1]
+    mu = max(float(lam.sum()) / (n * p), VARIANCE_FLOOR)
+    # Spectrum μ + keep·(ĉ − μ): its dispersion keep²·‖Ĉ − μI‖² is (1 − s)·‖Ĉ − μI‖², the
+    # unbiased estimate, where Ledoit–Wolf's own (1 − s)² would understate it.
+    keep = math.sqrt(max(1.0 - shrinkage, 0.0))
+    noise_var = (1.0 - keep) * mu
+    k = min(explicit, n - 1)
+    coords = vec[:, :k] * np.sqrt(lam[:k])
+    coords -= coords.mean(axis=0)
+    explicit_var = keep * lam[:k] / n + noise_var
+    others = np.concatenate(
+        [keep * lam[k : n - 1] / n + noise_var, np.full(max(p - (n - 1), 0), noise_var)]
+    )
+    tr, tr2 = float(others.sum()), float((others * others).sum())
+    block_dim = tr * tr / tr2 if tr2 > 0.0 else 0.0
+    block_var = tr2 / tr if tr > 0.0 else 0.0
+    return NullModel(
+        coords * math.sqrt(keep), math.sqrt(noise_var), explicit_var, block_dim, block_var
+    )
+
+
+def simulate_mewma(
+    model: NullModel,
     lam: float,
-    target_arl: float,
+    reference_n: int | None,
     seed: int = 0,
     chains: int = SIM_CHAINS,
     steps: int = SIM_STEPS,
-) -> float:
-    """T² threshold giving about ``target_arl`` updates between false alarms.
+) -> FloatArray:
+    """T² of ``chains`` null MEWMA chains over ``steps`` updates past a burn-in.
 
-    Runs ``chains`` MEWMA chains, past a burn-in to the stationary law, on vectors
-    bootstrap-resampled from the held-out rows, and counts upcrossings of candidate
-    levels. A target beyond what was simulated is reached with an exponential tail:
-    log(upcrossings) fitted linearly in the level over the top 1% of the statistic; on
-    Gaussian data and on real answer embeddings it lands within a few T² units (about
-    1.5× in ARL) of what 20 M simulated updates give.
+    Each chain has its own offset drawn from the reference mean's error (covariance
+    model/``reference_n``; None: no error): a key's reference is estimated once and
+    every later update is measured against it, so the false-alarm *rate* is averaged
+    over that error. Explicit coordinates draw from a pool of ``POOL`` smoothed rows; the
+    block of equal-variance coordinates is simulated exactly by its coordinate along the
+    offset plus the squared norm of the others, which follows a scalar recursion.
     """
-    if target_arl <= 1.0 or not 0.0 < lam <= 1.0:
-        raise ValueError("need target_arl > 1 and 0 < lam ≤ 1")
-    data = np.asarray(held_out, dtype=np.float64)
+    n, k = model.rows.shape
     burn = math.ceil(5.0 / lam)
-    idx = _bootstrap_indices(seed, data.shape[0], chains, burn + steps)
-    scale = (2.0 - lam) / lam
-    ewma = np.zeros((chains, data.shape[1]))
+    rng = np.random.default_rng(seed)
+    pool = model.rows[rng.integers(0, n, size=POOL)] + model.noise * rng.standard_normal((POOL, k))
+    idx = rng.integers(0, POOL, size=(burn + steps, chains), dtype=np.int32)
+    if reference_n:
+        offset = rng.standard_normal((chains, k)) * np.sqrt(model.explicit_var / reference_n)
+        block_offset = np.sqrt(
+            model.block_var / reference_n * rng.chisquare(max(model.block_dim, 1e-9), chains)
+        )
+    else:
+        offset, block_offset = np.zeros((chains, k)), np.zeros(chains)
+    q, scale = 1.0 - lam, (2.0 - lam) / lam
+    sd = math.sqrt(model.block_var)
+    df = max(model.block_dim - 2.0, 0.0)
+    ewma = offset.copy()
+    along = block_offset.copy()  # the block's coordinate along its offset
+    others = np.zeros(chains)  # squared norm of the block's other (mean-free) coordinates
+    step_offset = lam * offset
     stats = np.empty((steps, chains))
     for t in range(burn + steps):
-        ewma *= 1.0 - lam
-        ewma += lam * data[idx[t]]
+        ewma *= q
+        ewma += step_offset
+        ewma += lam * pool[idx[t]]
+        g = rng.standard_normal((3, chains))
+        along = q * along + lam * (block_offset + sd * g[0])
+        chi = np.maximum(df + math.sqrt(2.0 * df) * g[2], 0.0)  # χ²(df), normal approx.
+        others = (q * np.sqrt(others) + lam * sd * g[1]) ** 2 + lam * lam * model.block_var * chi
         if t >= burn:
-            stats[t - burn] = np.einsum("ij,ij->i", ewma, ewma) * scale
-    # An excursion counts once: a level is crossed at t when every statistic of the
-    # previous 1/λ updates (the EWMA's memory) was at or below it.
+            stats[t - burn] = scale * (np.einsum("ij,ij->i", ewma, ewma) + along * along + others)
+    return stats
+
+
+def tail_threshold(stats: FloatArray, lam: float, target_arl: float) -> float:
+    """The T² level upcrossed once per ``target_arl`` updates in the simulated chains.
+
+    An excursion counts once: a level is crossed at t when every statistic of the
+    previous 1/λ updates (the EWMA's memory) was at or below it. A target beyond what
+    was simulated is reached with an exponential tail, log(upcrossings) fitted linearly
+    in the level over the top 0.1% of the statistic; for the near-Gaussian tails of
+    MEWMA statistics that errs high (fewer false alarms than budgeted).
+    """
     window = math.ceil(1.0 / lam)
     before = sliding_window_view(stats[:-1], window, axis=0).max(axis=-1).ravel()
     after = stats[window:].ravel()
@@ -266,14 +374,42 @@ def mewma_threshold(
     return float((math.log(wanted) - intercept) / slope)
 
 
-class MewmaDetector:
-    """Multivariate EWMA of an embedding's top whitened coordinates.
+def mewma_threshold(
+    held_out: Vector,
+    lam: float,
+    target_arl: float,
+    seed: int = 0,
+    reference_n: int | None = None,
+    chains: int = SIM_CHAINS,
+    steps: int = SIM_STEPS,
+) -> float:
+    """T² threshold giving about ``target_arl`` updates between false alarms.
 
-    With whitened input z (identity covariance), e_t = (1 − λ)e_{t−1} + λ·z_t and
-    T² = ‖e_t‖² · (2 − λ)/λ, the asymptotic-covariance form of Lowry et al. (1992). The
-    threshold comes from :func:`mewma_threshold` on the reference's held-out vectors and
-    ``target_arl`` counts updates (embedded events). After an alarm the EWMA restarts;
-    the caller should learn a new reference.
+    ``held_out``: whitened held-out rows, centred as the live stream will be. Runs
+    :func:`simulate_mewma` on their :func:`null_model` (with the reference mean's error
+    when ``reference_n`` vectors estimated it) and reads the level off
+    :func:`tail_threshold`.
+    """
+    if target_arl <= 1.0 or not 0.0 < lam <= 1.0:
+        raise ValueError("need target_arl > 1 and 0 < lam ≤ 1")
+    model = null_model(held_out)
+    stats = simulate_mewma(model, lam, reference_n, seed, chains, steps)
+    return tail_threshold(stats, lam, target_arl)
+
+
+class MewmaDetector:
+    """Multivariate EWMA of an embedding's whitened coordinates (all of them).
+
+    With whitened input z, e_t = (1 − λ)e_{t−1} + λ·(z_t − c) and
+    T² = ‖e_t‖² · (2 − λ)/λ, the asymptotic-covariance form of Lowry et al. (1992).
+    The centre c is the mean of the fit and held-out vectors together (the fit part's
+    whitened mean is 0 by construction), so the reference mean rests on
+    ``fit_n + calib_n`` vectors. The threshold comes from :func:`mewma_threshold` on the
+    held-out vectors, with that mean's error; ``target_arl`` counts updates (embedded
+    events). λ = 0.02 by default: a style change moves each answer's embedding by a
+    fraction of the spread between topics, so the chart must average ~100 answers
+    (on MiniLM and real answers λ = 0.1 could not see 10 % refusals within the budget).
+    After an alarm the EWMA restarts; the caller should learn a new reference.
 
     >>> rng = np.random.default_rng(1)
     >>> def draw(n, shift=0.0):  # 8 strong directions out of 16, then a shift along one
@@ -284,14 +420,14 @@ class MewmaDetector:
     >>> ref = EmbeddingReference(fit_n=200, calib_n=200, rank=8)
     >>> for v in draw(400):
     ...     ref.add(v)
-    >>> det = MewmaDetector(ref, target_arl=5_000, lam=0.1)
+    >>> det = MewmaDetector(ref, target_arl=5_000)
     >>> stream = np.vstack([draw(300), draw(100, shift=1.2)])
     >>> next(i for i, v in enumerate(stream) if det.update(v))
-    316
+    341
     """
 
     def __init__(
-        self, reference: EmbeddingReference, target_arl: float, lam: float = 0.1, seed: int = 0
+        self, reference: EmbeddingReference, target_arl: float, lam: float = 0.02, seed: int = 0
     ) -> None:
         if not reference.calibrated:
             raise ValueError("the reference must be calibrated before a MEWMA is built on it")
@@ -299,19 +435,24 @@ class MewmaDetector:
         self.target_arl = target_arl
         self.lam = lam
         self.seed = seed
+        n_fit, n_ho = reference.fit_n, reference.calib_n
+        self._center = reference.held_out_mean * (n_ho / (n_fit + n_ho))
+        held_out = reference.held_out_whitened.astype(np.float64) - self._center
         self.threshold = max(
-            mewma_threshold(reference.held_out_whitened, lam, target_arl, seed), MIN_THRESHOLD
+            mewma_threshold(held_out, lam, target_arl, seed, reference_n=n_fit + n_ho),
+            MIN_THRESHOLD,
         )
         self._reset()
 
     def _reset(self) -> None:
-        self._ewma = np.zeros(self.reference.held_out_whitened.shape[1])
+        self._ewma = np.zeros(self._center.size)
         self.statistic = 0.0
         self.drift_detected = False
 
     def update(self, v: Vector) -> bool:
         """Feed one embedding; True when T² crosses the threshold."""
         z = self.reference.whitened(v)
+        z -= self._center
         ewma = self._ewma
         ewma *= 1.0 - self.lam
         ewma += self.lam * z
@@ -348,8 +489,9 @@ class EmbeddingStream:
         calib_n: int = 200,
         rank: int = 32,
         min_shrinkage: float = 0.3,
-        lam: float = 0.1,
+        lam: float = 0.02,
         seed: int = 0,
+        distance_rank: int | None = 8,
     ) -> None:
         self.target_arl = target_arl
         self.fit_n = fit_n
@@ -358,10 +500,13 @@ class EmbeddingStream:
         self.min_shrinkage = min_shrinkage
         self.lam = lam
         self.seed = seed
+        self.distance_rank = distance_rank
         self.relearn()
 
     def relearn(self) -> None:
-        self.reference = EmbeddingReference(self.fit_n, self.calib_n, self.rank, self.min_shrinkage)
+        self.reference = EmbeddingReference(
+            self.fit_n, self.calib_n, self.rank, self.min_shrinkage, self.distance_rank
+        )
         self.mewma: MewmaDetector | None = None
 
     def update(self, v: Vector) -> EmbeddingStep:

@@ -29,8 +29,10 @@ def embeddings(rng, n, shift=0.0):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def reference(rng, rank=16, **kwargs):
-    ref = EmbeddingReference(fit_n=200, calib_n=200, rank=rank, **kwargs)
+def reference(rng, rank=16, distance_rank=None, **kwargs):
+    ref = EmbeddingReference(
+        fit_n=200, calib_n=200, rank=rank, distance_rank=distance_rank, **kwargs
+    )
     for v in embeddings(rng, 400):
         ref.add(v)
     return ref
@@ -85,16 +87,23 @@ def test_whitening_gives_identity_covariance_on_the_fit_set():
     rng = np.random.default_rng(5)
     rotation, _ = np.linalg.qr(rng.normal(size=(10, 10)))
     x = rng.normal(size=(4000, 10)) * np.linspace(1.0, 3.0, 10) @ rotation
-    ref = EmbeddingReference(fit_n=4000, calib_n=2, rank=9, min_shrinkage=0.0)
+    ref = EmbeddingReference(fit_n=4000, calib_n=2, rank=9, min_shrinkage=0.0, distance_rank=None)
     for v in x:
         ref.add(v)
     assert ref.fitted and ref.shrinkage < 0.01
+    # All ten coordinates: with rank = p − 1 the one remaining direction is exact.
     white = np.stack([ref.whitened(v) for v in x])
+    assert white.shape == (4000, 10)
     assert np.allclose(white.mean(axis=0), 0.0, atol=1e-9)
-    assert np.allclose(np.cov(white, rowvar=False, bias=True), np.eye(9), atol=0.02)
-    # With rank = p − 1 the one remaining direction is exact: E[d²] = p on the fit set.
+    assert np.allclose(np.cov(white, rowvar=False, bias=True), np.eye(10), atol=0.02)
     d2 = np.array([ref.mahalanobis(v) ** 2 for v in x])
     assert d2.mean() == pytest.approx(10.0, rel=0.02)
+    assert np.allclose(d2, (white * white).sum(axis=1))
+    # Fewer distance directions: the others share one variance, E[d²] is still p.
+    ref4 = EmbeddingReference(fit_n=4000, calib_n=2, rank=9, min_shrinkage=0.0, distance_rank=4)
+    for v in x:
+        ref4.add(v)
+    assert np.mean([ref4.mahalanobis(v) ** 2 for v in x]) == pytest.approx(10.0, rel=0.02)
 
 
 def test_reference_learns_fit_then_held_out_parts():
@@ -109,12 +118,30 @@ def test_reference_learns_fit_then_held_out_parts():
     for v in vectors[200:]:
         ref.add(v)
     assert ref.calibrated
-    assert ref.held_out_whitened.shape == (200, 16)
+    assert ref.held_out_whitened.shape == (200, P)
     assert ref.held_out_distances.shape == (200,)
     assert ref.shrinkage >= 0.3
     # Held-out answers are farther from the reference than the ones it was fitted on.
     fit_distances = np.array([ref.mahalanobis(v) for v in vectors[:200]])
     assert ref.held_out_distances.mean() > fit_distances.mean()
+
+
+def test_fewer_distance_directions_memorise_the_fit_set_less():
+    # The fit set's own vectors look closer than new ones (the top directions are
+    # fitted to them): a stream that repeats fit answers sees its distance move when
+    # they stop repeating, with no change of model. Fewer directions, smaller gap.
+    gaps = {}
+    for k in (16, 4):
+        rng = np.random.default_rng(13)
+        ref = EmbeddingReference(fit_n=200, calib_n=200, rank=16, distance_rank=k)
+        fit = embeddings(rng, 200)
+        for v in np.vstack([fit, embeddings(rng, 200)]):
+            ref.add(v)
+        held_out = ref.held_out_distances
+        in_sample = np.array([ref.mahalanobis(v) for v in fit])
+        gaps[k] = (held_out.mean() - in_sample.mean()) / held_out.std()
+    assert gaps[16] > 0.3
+    assert gaps[4] < 0.6 * gaps[16]
 
 
 def test_mahalanobis_separates_a_new_cluster():
@@ -154,7 +181,7 @@ def test_mewma_detects_a_small_shift_that_cosine_barely_sees():
     det = MewmaDetector(ref, target_arl=100_000)
     before, after = embeddings(rng, 300), embeddings(rng, 300, shift=0.75)
     hits = [i for i, v in enumerate(np.vstack([before, after])) if det.update(v)]
-    assert hits[0] == 324  # 24 embeddings after the change
+    assert hits[0] == 319  # 19 embeddings after the change
     cos_before = np.array([ref.cosine_to_centroid(v) for v in before])
     cos_after = np.array([ref.cosine_to_centroid(v) for v in after])
     # Per answer, the cosine moves by under a fifth of its spread.
