@@ -3,25 +3,37 @@
 Every detector gets a target average run length (events between false alarms, ARL) and
 this module turns it into a Page-Hinkley threshold or an ADWIN ``delta``.
 
-Page-Hinkley with ``alpha=1`` and a frozen reference is Page's CUSUM. Its in-control ARL
-follows Siegmund's approximation::
+Page-Hinkley with ``alpha=1`` and a frozen reference is Page's CUSUM. For a continuous
+feature its in-control ARL follows Siegmund's approximation::
 
     ARL(h) ≈ (exp(θ·b) − θ·b − 1) / (θ·|E[Y]|),   b = h + 1.166·sd(Y)
 
 where Y is the per-event increment (standardised value minus the drift ``k``) and θ > 0
-solves E[exp(θ·Y)] = 1. θ comes from the feature's own warm-up sample (its empirical
-distribution, so skewed and clipped features are handled), or for 0/1 features from the
-Bernoulli law. The reference is *estimated*, so the rate 1/ARL is averaged over the
-estimation error: a normal law of the mean error for continuous features and the Beta
-posterior of the rate for 0/1 features. Averaging the rate, not the ARL, is what keeps
-short warm-ups from inflating false alarms (a lucky and an unlucky reference do not
-cancel out). ``benchmarks/calibration.py`` checks the result on simulated null streams.
+solves E[exp(θ·Y)] = 1, from the feature's own warm-up sample (its empirical
+distribution, so skewed and clipped features are handled).
+
+A 0/1 feature feeds the CUSUM only two values, and for a rare rate the rise is one big
+jump ((1 − p̃)/sd − k ≈ 14 at p̃ = 0.005) whose overshoot of h is nothing like the
+1.166·sd of a normal walk: Siegmund's formula over-states such a walk's false-alarm rate
+2–3× (``tests/core/test_calibration.py``). So 0/1 thresholds use the exact run length of
+the two-valued walk (:func:`two_point_cycle`, a renewal argument on the lattice the walk
+lives on); beyond a few jumps' height, where exact cycles get long, Siegmund's formula
+with the overshoot found exactly at that height, which matches the exact rate to 1 %.
+
+The reference is *estimated*, so the rate 1/ARL is averaged over the estimation error: a
+normal law of the mean error for continuous features and the Beta posterior of the rate
+for 0/1 features. Averaging the rate, not the ARL, is what keeps short warm-ups from
+inflating false alarms (a lucky and an unlucky reference do not cancel out). ADWIN fires
+far less often on rare 0/1 rates than on p = 0.5, where its ``delta`` is calibrated; the
+share of the budget it leaves unused there goes to Page-Hinkley.
+``benchmarks/calibration.py`` checks the result on simulated null streams.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -122,7 +134,11 @@ def _solve_threshold(
     half = rates.shape[0] // 2
     both = rates[:half] + rates[half:]
     mean_rate = both.mean(axis=0) if node_weights is None else node_weights @ both
-    target = 1.0 / target_arl
+    return _first_h_below(mean_rate, 1.0 / target_arl)
+
+
+def _first_h_below(mean_rate: FloatArray, target: float) -> float:
+    """Where a false-alarm rate tabulated on ``_H_GRID`` falls to ``target`` (log-linear)."""
     below = np.nonzero(mean_rate <= target)[0]
     if len(below) == 0:
         return float(_H_GRID[-1])
@@ -191,23 +207,28 @@ def _beta_posterior_nodes(a: float, b: float, n: int = 64) -> tuple[FloatArray, 
     return p, w / w.sum()
 
 
-def ph_threshold_binary(successes: int, n_ref: int, k: float, target_arl: float) -> float:
+def ph_threshold_binary(
+    successes: int, n_ref: int, k: float, target_arl: float, *, adwin_share: bool = False
+) -> float:
     """Two-sided CUSUM threshold for a 0/1 feature standardised by its estimated rate.
 
     The estimate is p̃ = (s + 0.5) / (n + 1); the true rate is uncertain with the
-    Beta(s + 0.5, n − s + 0.5) posterior, integrated on a fixed logit grid. The problem
-    is symmetric in s ↔ n − s, and the threshold varies smoothly with s, so it is solved
-    exactly on a geometric grid of s (cached) and interpolated in between: thousands of
-    keys then share a few dozen solutions.
+    Beta(s + 0.5, n − s + 0.5) posterior, integrated on a fixed logit grid, and the run
+    lengths are exact for the two-valued increments (:func:`two_point_cycle`). With
+    ``adwin_share`` the stream's ADWIN runs with ``target_arl`` too, and the part of its
+    share that it leaves unused at this rate (:func:`adwin_binary_rate_ratio`) goes to
+    Page-Hinkley. The problem is symmetric in s ↔ n − s, and the threshold varies
+    smoothly with s, so it is solved exactly on a geometric grid of s (cached) and
+    interpolated in between: thousands of keys then share a few dozen solutions.
     """
     s = min(successes, n_ref - successes)
     grid = _success_grid(n_ref // 2)
     i = bisect_left(grid, s)
     if grid[i] == s:
-        return _ph_threshold_binary_exact(s, n_ref, k, target_arl)
+        return _ph_threshold_binary_exact(s, n_ref, k, target_arl, adwin_share)
     lo, hi = grid[i - 1], grid[i]
-    h_lo = _ph_threshold_binary_exact(lo, n_ref, k, target_arl)
-    h_hi = _ph_threshold_binary_exact(hi, n_ref, k, target_arl)
+    h_lo = _ph_threshold_binary_exact(lo, n_ref, k, target_arl, adwin_share)
+    h_hi = _ph_threshold_binary_exact(hi, n_ref, k, target_arl, adwin_share)
     return h_lo + (s - lo) / (hi - lo) * (h_hi - h_lo)
 
 
@@ -222,29 +243,357 @@ def _success_grid(top: int) -> list[int]:
     return grid
 
 
+class _GeometricScan:
+    """Along each row, in place: y[i] += q·y[i−1] for i = 1, 2, … (q per row).
+
+    As y[i] = q^i·Σ_{j≤i} y[j]·q^−j: three vector passes with powers computed once per
+    cycle, while q^−i stays finite; otherwise a log-depth prefix scan.
+    """
+
+    def __init__(self, q: FloatArray, max_cols: int) -> None:
+        self.q = q
+        log_q = np.log(q)
+        self.direct = max_cols * float(-log_q.min()) <= 600.0
+        if self.direct:
+            i = np.arange(max_cols, dtype=np.float64)
+            self.up = np.exp(log_q * i[None, :])
+            self.down = np.exp(-log_q * i[None, :])
+
+    def __call__(self, y: FloatArray) -> None:
+        cols = y.shape[1]
+        if self.direct:
+            y *= self.down[:, :cols]
+            np.cumsum(y, axis=1, out=y)
+            y *= self.up[:, :cols]
+            return
+        f, step = self.q, 1
+        while step < cols:
+            y[:, step:] += f * y[:, :-step]
+            f = f * f
+            step *= 2
+
+
+def two_point_cycle(
+    up: float,
+    down: float,
+    p_up: FloatArray,
+    h: float,
+    weights: FloatArray | None = None,
+    tol: float = 1e-15,
+    max_rows: int = 200_000,
+) -> tuple[FloatArray, FloatArray]:
+    """One renewal cycle of the CUSUM S ← max(0, S + Y), Y = +up (probability p_up) or −down.
+
+    A cycle starts at S = 0 and ends when S is back at 0 or exceeds ``h`` (an alarm).
+    Returns, for each entry of ``p_up``, the alarm probability of a cycle and its expected
+    number of events; cycles are independent, so the zero-state ARL is their ratio.
+
+    Exact, with no discretisation: after r steps of the larger size and i of the smaller
+    one the walk is at a point of a lattice strip, and the probability of each point is
+    a path count times powers of the two probabilities. Row r (r larger steps) follows
+    from row r − 1 in a few vector operations: the larger step moves mass across rows,
+    the smaller steps along a row are a first-order recurrence (a prefix scan). With
+    ``tol`` > 0 the rows stop once the mass still in the strip could change the
+    ``weights``-averaged alarm rate by at most ``tol`` (alarms per event).
+
+    >>> a, l = two_point_cycle(1.0, 1.0, np.array([0.5]), 1.5)  # ±1 steps, alarm at 2
+    >>> float(l[0] / a[0])  # steps of a fair ±1 walk reflected at 0 until it reaches 2
+    6.0
+    """
+    p_up = np.asarray(p_up, dtype=np.float64)
+    n = p_up.shape[0]
+    w = np.full(n, 1.0 / n) if weights is None else weights
+    up_big = up >= down
+    big, small = (up, down) if up_big else (down, up)
+    pi = p_up if up_big else 1.0 - p_up  # probability of the larger step
+    pi_c = pi[:, None]
+    stay = 1.0 - pi_c  # probability of the smaller step
+    tiny = 1e-9 * (big + small)
+    sign = 1.0 if up_big else -1.0
+
+    def pos(r: int, i: int) -> float:
+        return sign * (r * big - i * small)
+
+    def bounds(r: int) -> tuple[int, int]:
+        """Cells of row r strictly inside the strip (0, h]."""
+        if up_big:  # the position falls along the row
+            lo = max(0, math.ceil((r * big - h) / small))
+            while pos(r, lo) > h:
+                lo += 1
+            while lo > 0 and pos(r, lo - 1) <= h:
+                lo -= 1
+            hi = math.ceil(r * big / small)
+            while hi >= 0 and pos(r, hi) <= tiny:
+                hi -= 1
+            while pos(r, hi + 1) > tiny:
+                hi += 1
+        else:  # the position rises along the row
+            lo = max(0, math.floor(r * big / small))
+            while pos(r, lo) <= tiny:
+                lo += 1
+            while lo > 0 and pos(r, lo - 1) > tiny:
+                lo -= 1
+            hi = math.floor((h + r * big) / small)
+            while hi >= 0 and pos(r, hi) > h:
+                hi -= 1
+            while pos(r, hi + 1) <= h:
+                hi += 1
+        return lo, hi
+
+    scan = _GeometricScan(stay, math.floor(h / small) + 3)
+    alarm = np.zeros(n)
+    # Row 0: the start at S = 0, then (if the smaller step rises) its run of smaller steps.
+    hi0 = 0 if up_big else max(0, bounds(0)[1])
+    row = stay ** np.arange(hi0 + 1, dtype=np.float64)[None, :]
+    lo = 0
+    length = row.sum(axis=1)
+    if not up_big:
+        alarm += stay[:, 0] * row[:, -1]
+    for r in range(1, max_rows + 1):
+        prev_lo, prev = lo, row
+        prev_hi = prev_lo + prev.shape[1] - 1
+        lo, hi = bounds(r)
+        if up_big and lo > prev_lo:  # the larger step from these cells crosses h
+            alarm += pi * prev[:, : min(lo, prev_hi + 1) - prev_lo].sum(axis=1)
+        f_lo, f_hi = max(prev_lo, lo), min(prev_hi, hi)
+        if f_hi < f_lo:
+            break
+        lo = f_lo  # cells of row r left of the entry points stay empty
+        row = np.zeros((n, hi - lo + 1))
+        row[:, : f_hi - lo + 1] = pi_c * prev[:, f_lo - prev_lo : f_hi - prev_lo + 1]
+        scan(row)
+        mass = row.sum(axis=1)
+        length += mass
+        if not up_big:  # the smaller step from the top cell crosses h
+            alarm += stay[:, 0] * row[:, -1]
+        if float(w @ (pi * mass / length)) <= tol:
+            break
+    return alarm, length
+
+
+def two_point_root(up: float, down: float, p_up: FloatArray) -> FloatArray:
+    """The non-zero θ with E[exp(θY)] = 1 for Y = +up (p_up) or −down.
+
+    Positive when the walk drifts down, negative when it drifts up, 0 without drift.
+    """
+    p_up = np.asarray(p_up, dtype=np.float64)
+    mean = p_up * up - (1.0 - p_up) * down
+    falls = mean < 0
+    y = np.array([up, -down])
+    weights = np.stack([p_up, 1.0 - p_up], axis=1)
+    # For a rising walk, θ' of −Y is positive and θ = −θ'.
+    values = np.where(falls[:, None], y[None, :], -y[None, :])
+    theta = cgf_root(values, weights)
+    return np.where(mean == 0, 0.0, np.where(falls, theta, -theta))
+
+
+def _siegmund_arl(
+    theta: FloatArray, mean: FloatArray, var: FloatArray, b: FloatArray
+) -> FloatArray:
+    """Siegmund's ARL (e^{θb} − θb − 1) / (−θ·E[Y]) for either sign of the drift."""
+    x = theta * b
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        arl = (np.expm1(np.minimum(x, 700.0)) - x) / (-theta * mean)
+        small = np.abs(x) < 1e-4  # series: → b²/Var(Y) without drift
+        near = np.where(mean != 0, theta * b * b / (-2.0 * mean) * (1.0 + x / 3.0), b * b / var)
+    return np.where(small, near, arl)
+
+
+def _siegmund_offset(
+    arl: FloatArray, theta: FloatArray, mean: FloatArray, var: FloatArray
+) -> FloatArray:
+    """The b at which :func:`_siegmund_arl` equals ``arl`` (Newton, from the right)."""
+    finite = np.isfinite(arl)
+    arl = np.where(finite, arl, 1.0)
+    rises = theta < 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        target = arl * np.abs(theta * mean)  # e^x − x − 1 = target, x = θb
+        # |x| with φ(|x|) = target, φ(y) = e^y − y − 1 (falling) or e^−y + y − 1 (rising);
+        # both convex and increasing, so Newton from a start right of the root converges.
+        y = np.where(
+            rises, target + 1.0, np.minimum(np.sqrt(2.0 * target), np.log(2.0 * target + 2.0))
+        )
+        for _ in range(200):
+            e = np.where(rises, np.expm1(-y), np.expm1(np.minimum(y, 700.0)))
+            phi = np.where(rises, e + y, e - y)
+            dphi = np.where(rises, -e, e)
+            step = np.where(dphi > 0, (phi - target) / np.where(dphi > 0, dphi, 1.0), 0.0)
+            y = y - step
+            if np.all(np.abs(step) <= 1e-12 * y):
+                break
+        b = y / np.abs(theta)
+    near = np.abs(theta) * np.sqrt(arl * var) < 1e-4
+    return np.where(finite, np.where(near, np.sqrt(arl * var), b), np.inf)
+
+
+# Exact cycles are computed up to a threshold of this many of the larger steps. Beyond,
+# the run length grows like Siegmund's formula with the overshoot found exactly at this
+# threshold: the overshoot is what the normal approximation gets wrong for a two-valued
+# walk, and its exact value settles within two or three jumps (tested), while the cost
+# of an exact cycle grows with h².
+EXACT_STEPS = 8
+
+
+class _BinaryRates:
+    """False-alarm rate of both CUSUM sides of one reference, averaged over the posterior."""
+
+    def __init__(self, successes: int, n_ref: int, k: float, tol: float) -> None:
+        p_ref = (successes + 0.5) / (n_ref + 1.0)
+        sd_ref = math.sqrt(p_ref * (1.0 - p_ref))
+        hi_z = (1.0 - p_ref) / sd_ref
+        lo_z = -p_ref / sd_ref
+        p_true, w_post = _beta_posterior_nodes(successes + 0.5, n_ref - successes + 0.5)
+        self.p_true, self.w_post = p_true, w_post
+        # A node adds at most its weight to the rate (≤ 1 alarm per event): drop the
+        # negligible ones, at most ``tol`` in all.
+        keep = w_post > tol / len(w_post)
+        p, w = p_true[keep], w_post[keep]
+        self.weights, self.tol = w, tol
+        self.sides: list[tuple[float, float, FloatArray, FloatArray, FloatArray, FloatArray]]
+        self.sides = []
+        # Upper side: a 1 adds hi_z − k, a 0 adds lo_z − k. Lower side (the negated values):
+        # a 0 adds −lo_z − k, which is only positive (able to alarm) for p̃ > k²/(1 + k²).
+        for up, down, p_up in ((hi_z - k, k - lo_z, p), (-lo_z - k, hi_z + k, 1.0 - p)):
+            if up > 0.0:
+                mean = p_up * up - (1.0 - p_up) * down
+                var = p_up * (1.0 - p_up) * (up + down) ** 2
+                self.sides.append((up, down, p_up, two_point_root(up, down, p_up), mean, var))
+        self._beyond: list[FloatArray | None] = [None] * len(self.sides)
+
+    def cap(self, side: int) -> float:
+        up, down = self.sides[side][:2]
+        return EXACT_STEPS * max(up, down)
+
+    def _exact(self, side: int, h: float) -> FloatArray:
+        """Per node, the exact rate 1/ARL at threshold h."""
+        up, down, p_up, theta, _, _ = self.sides[side]
+        # Lundberg: a walk drifting down ever exceeds h with probability ≤ exp(−θh), so
+        # a cycle alarms no more often. Far below the tolerance, skip the exact cycle
+        # (it is long when the rising step is tiny, e.g. the lower side for p̃ near 0.06).
+        with np.errstate(over="ignore"):
+            bound = np.where(theta > 0, np.exp(-theta * h), 1.0)
+        if float(self.weights @ bound) <= self.tol:
+            return np.zeros(len(p_up))
+        alarm, length = two_point_cycle(up, down, p_up, h, self.weights, self.tol)
+        return alarm / length
+
+    def offsets(self, side: int, h: float) -> FloatArray:
+        """Per node, the b − h at which Siegmund's formula gives the exact ARL at h."""
+        _, _, _, theta, mean, var = self.sides[side]
+        rate = self._exact(side, h)
+        with np.errstate(divide="ignore"):
+            arl = np.where(rate > 0, 1.0 / np.where(rate > 0, rate, 1.0), np.inf)
+        return _siegmund_offset(arl, theta, mean, var) - h
+
+    def side_rate(self, side: int, h: float) -> FloatArray:
+        """Per node: exact up to the side's cap, extrapolated beyond it."""
+        if h <= self.cap(side):
+            return self._exact(side, h)
+        _, _, _, theta, mean, var = self.sides[side]
+        offset = self._beyond[side]
+        if offset is None:
+            offset = self._beyond[side] = self.offsets(side, self.cap(side))
+        return _fitted_rates(theta, mean, var, offset, np.array([h]))[:, 0]
+
+    def rate(self, h: float) -> float:
+        return float(sum(self.weights @ self.side_rate(i, h) for i in range(len(self.sides))))
+
+    def guess(self, target: float) -> float:
+        """Siegmund's threshold, then again with the overshoot found exactly there."""
+        theta = np.concatenate([s[3] for s in self.sides])
+        mean = np.concatenate([s[4] for s in self.sides])
+        var = np.concatenate([s[5] for s in self.sides])
+        weights = np.concatenate([self.weights] * len(self.sides))
+        h = _solve_fitted(theta, mean, var, OVERSHOOT * np.sqrt(var), weights, target)
+        offsets = [self.offsets(i, min(h, self.cap(i))) for i in range(len(self.sides))]
+        return _solve_fitted(theta, mean, var, np.concatenate(offsets), weights, target)
+
+
 @lru_cache(maxsize=8192)
-def _ph_threshold_binary_exact(successes: int, n_ref: int, k: float, target_arl: float) -> float:
-    p_ref = (successes + 0.5) / (n_ref + 1.0)
-    sd_ref = math.sqrt(p_ref * (1.0 - p_ref))
-    hi_z = (1.0 - p_ref) / sd_ref
-    lo_z = -p_ref / sd_ref
-    p_true, w_post = _beta_posterior_nodes(successes + 0.5, n_ref - successes + 0.5)
-    values = np.array([[hi_z - k, lo_z - k], [-hi_z - k, -lo_z - k]])  # up, down
-    weights = np.stack([p_true, 1.0 - p_true], axis=1)
-    thetas, means, sds = [], [], []
-    for side in values:
-        y = np.broadcast_to(side, weights.shape)
-        thetas.append(cgf_root(y, weights))
-        m = (weights * y).sum(axis=1)
-        means.append(m)
-        sds.append(np.sqrt((weights * (y - m[:, None]) ** 2).sum(axis=1)))
-    return _solve_threshold(
-        np.concatenate(thetas),
-        np.concatenate(means),
-        np.concatenate(sds),
-        target_arl,
-        node_weights=w_post,
-    )
+def _ph_threshold_binary_exact(
+    successes: int, n_ref: int, k: float, target_arl: float, adwin_share: bool = False
+) -> float:
+    """Smallest h whose exact posterior-averaged rate is at most the target.
+
+    The rate falls in steps as h passes the points the walk can reach, so it is bracketed
+    from a fitted guess and bisected to 0.2 % of h.
+    """
+    target = 1.0 / target_arl
+    rates = _BinaryRates(successes, n_ref, k, 1e-4 * target)
+    if adwin_share:
+        share = float(rates.w_post @ adwin_binary_rate_ratio(rates.p_true))
+        target += (1.0 - share) / target_arl
+        rates.tol = 1e-4 * target
+    return _bracket_and_bisect(rates.rate, rates.guess(target), target)
+
+
+def _bracket_and_bisect(rate: Callable[[float], float], guess: float, target: float) -> float:
+    """Smallest h (to 0.2 %) with rate(h) ≤ target, for a non-increasing step function.
+
+    Brackets outwards from the guess in growing steps, then cuts the bracket where the
+    log-rate would reach the target on a line (kept off its ends, so a flat step cannot
+    stall it).
+    """
+    h_min, h_max = float(_H_GRID[0]), float(_H_GRID[-1])
+    guess = min(max(guess, h_min), h_max)
+    log_t = math.log(target)
+
+    def f(h: float) -> float:
+        return math.log(max(rate(h), 1e-300)) - log_t
+
+    f_guess = f(guess)
+    factor = 1.02
+    if f_guess > 0:  # too loud: search upwards
+        lo, f_lo = guess, f_guess
+        while True:
+            if lo >= h_max:
+                return h_max
+            hi = min(lo * factor, h_max)
+            f_hi = f(hi)
+            if f_hi <= 0:
+                break
+            lo, f_lo, factor = hi, f_hi, factor * factor
+    else:
+        hi, f_hi = guess, f_guess
+        while True:
+            if hi <= h_min:
+                return h_min
+            lo = max(hi / factor, h_min)
+            f_lo = f(lo)
+            if f_lo > 0:
+                break
+            hi, f_hi, factor = lo, f_lo, factor * factor
+    while hi - lo > 2e-3 * hi:
+        width = hi - lo
+        t = f_lo / (f_lo - f_hi) if f_lo > f_hi else 0.5
+        mid = lo + min(max(t, 0.1), 0.9) * width
+        f_mid = f(mid)
+        if f_mid > 0:
+            lo, f_lo = mid, f_mid
+        else:
+            hi, f_hi = mid, f_mid
+    return hi
+
+
+def _fitted_rates(
+    theta: FloatArray, mean: FloatArray, var: FloatArray, offset: FloatArray, h: FloatArray
+) -> FloatArray:
+    """Rates per row and h from Siegmund's formula with b = h + offset (inf: no alarm)."""
+    b = h[None, :] + offset[:, None]
+    arl = _siegmund_arl(theta[:, None], mean[:, None], var[:, None], b)
+    return np.where(np.isfinite(offset)[:, None], 1.0 / np.maximum(arl, 1.0), 0.0)
+
+
+def _solve_fitted(
+    theta: FloatArray,
+    mean: FloatArray,
+    var: FloatArray,
+    offset: FloatArray,
+    weights: FloatArray,
+    target: float,
+) -> float:
+    """Smallest h whose weighted rate, Siegmund's with b = h + offset per row, is target."""
+    return _first_h_below(weights @ _fitted_rates(theta, mean, var, offset, _H_GRID), target)
 
 
 # ADWIN's delta bounds a union of tests, not a rate. Its null alarm rate per event, measured
@@ -288,3 +637,42 @@ def adwin_delta(target_arl: float, kind: str) -> float:
             t = math.log(target / r1) / math.log(r2 / r1)
             return math.exp(math.log(d1) + t * math.log(d2 / d1))
     return table[-1][0]
+
+
+# ADWIN's null alarm rate on 0/1 input of rate p, as a fraction of its rate at p = 0.5 (the
+# "binary" table above), measured with clock=4 on 2·10⁷-event null streams per rate and
+# delta (``benchmarks/calibration.py --adwin-rates``). A rare event gives ADWIN's window
+# little to cut at, so on rare rates it spends only a small part of its share of the
+# budget. The fractions tend to rise a little as delta falls (delta 0.5 → 0.05: +10–25 %,
+# +100–200 % at p ≤ 0.002 from 3–13 alarms), so the table is the largest fraction measured
+# at delta 0.5, 0.2 or 0.05, rounded up: it over-states what ADWIN spends, and
+# Page-Hinkley, which gets the rest, stays within the key's budget. Were ADWIN to spend
+# its whole share on a rare rate at the far smaller deltas of production budgets, the
+# feature would be at most 1.5× louder than budgeted.
+_ADWIN_BINARY_FRACTION: tuple[tuple[float, float], ...] = (
+    (0.0005, 0.014),
+    (0.002, 0.058),
+    (0.005, 0.072),
+    (0.01, 0.13),
+    (0.02, 0.27),
+    (0.05, 0.44),
+    (0.1, 0.65),
+    (0.2, 0.92),
+    (0.5, 1.0),
+)
+
+
+def adwin_binary_rate_ratio(p: FloatArray) -> FloatArray:
+    """ADWIN's null alarm rate on 0/1 input of rate ``p``, relative to p = 0.5 (≤ 1).
+
+    Log-log interpolation of the measured table; below its smallest rate the fraction is
+    taken as proportional to p (the measured slope between 0.0005 and 0.002 is ~1).
+    """
+    q = np.minimum(np.asarray(p, dtype=np.float64), 1.0 - np.asarray(p, dtype=np.float64))
+    ps = np.log([t[0] for t in _ADWIN_BINARY_FRACTION])
+    fs = np.log([t[1] for t in _ADWIN_BINARY_FRACTION])
+    with np.errstate(divide="ignore"):
+        lq = np.log(q)
+    inside = np.exp(np.interp(lq, ps, fs))
+    p0, f0 = _ADWIN_BINARY_FRACTION[0]
+    return np.where(q < p0, f0 * q / p0, inside)

@@ -225,8 +225,14 @@ class FeatureStream:
             p = (self._ref_sum + 0.5) / (n + 1.0)
             sd = math.sqrt(p * (1.0 - p))
             self._z1, self._z0 = (1.0 - p) / sd, -p / sd
+            # ADWIN fires far less often on rare rates than its share of the budget
+            # allows; Page-Hinkley gets the unused part (calibration.adwin_binary_rate_ratio).
             threshold = ph_threshold_binary(
-                round(self._ref_sum), n, self._config.k, self.target_arl
+                round(self._ref_sum),
+                n,
+                self._config.k,
+                self.target_arl,
+                adwin_share=self._config.adwin,
             )
         else:
             var = max((self._ref_sumsq - n * mean * mean) / max(n - 1, 1), 0.0)

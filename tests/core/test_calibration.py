@@ -6,11 +6,18 @@ import numpy as np
 import pytest
 
 from driftmon.core.calibration import (
+    _BinaryRates,
+    _siegmund_arl,
+    _siegmund_offset,
+    adwin_binary_rate_ratio,
     adwin_delta,
     cgf_root,
+    cusum_rate,
     ph_threshold_binary,
     ph_threshold_continuous,
     shape_table,
+    two_point_cycle,
+    two_point_root,
 )
 from driftmon.core.monitor import Monitor, MonitorConfig
 
@@ -74,8 +81,9 @@ def _null_rate(feature, sampler, budget, keys, events, seed=3):
         ("output_chars", lambda r: r.gauss(6.5, 0.8)),
         ("sentence_words", lambda r: math.exp(r.gauss(2.8, 1.0))),
         ("markdown_start", lambda r: 1.0 if r.random() < 0.2 else 0.0),
+        ("refusal", lambda r: 1.0 if r.random() < 0.005 else 0.0),
     ],
-    ids=["gaussian", "lognormal", "rate"],
+    ids=["gaussian", "lognormal", "rate", "rare-rate"],
 )
 def test_null_streams_meet_the_budget_within_a_factor_of_two(feature, sampler):
     # 300k null events per distribution at a budget of 3000 events per false alarm:
@@ -83,3 +91,137 @@ def test_null_streams_meet_the_budget_within_a_factor_of_two(feature, sampler):
     measured, alarms = _null_rate(feature, sampler, budget=3000, keys=10, events=30_000)
     assert alarms > 20
     assert 3000 / 2 <= measured <= 3000 * 2
+
+
+# -- exact run lengths of 0/1 features --------------------------------------------------
+
+
+def _markov_arl(up, down, p_up, h):
+    """Zero-state ARL of S <- max(0, S + Y) on an integer lattice, by a direct linear solve."""
+    states = list(range(int(h) + 1))  # S = 0 .. floor(h); S > h is the alarm
+    q = np.zeros((len(states), len(states)))
+    for s in states:
+        if s + up <= h:
+            q[s, s + up] += p_up
+        q[s, max(0, s - down)] += 1.0 - p_up
+    arl = np.linalg.solve(np.eye(len(states)) - q, np.ones(len(states)))
+    return arl[0]
+
+
+@pytest.mark.parametrize(
+    ("up", "down", "p_up", "h"),
+    [(2, 1, 0.3, 7.5), (1, 2, 0.6, 6.5), (1, 1, 0.45, 9.5), (5, 1, 0.1, 12.5)],
+    ids=["rises-in-jumps", "falls-in-jumps", "symmetric", "rare-jumps"],
+)
+def test_two_point_cycle_matches_a_markov_chain_solve(up, down, p_up, h):
+    alarm, length = two_point_cycle(float(up), float(down), np.array([p_up]), h, tol=1e-16)
+    assert length[0] / alarm[0] == pytest.approx(_markov_arl(up, down, p_up, h), rel=1e-9)
+
+
+def _simulated_arl(up, down, p_up, h, walks, seed):
+    """Mean run length of ``walks`` independent CUSUMs started at 0 (vectorised)."""
+    rng = np.random.default_rng(seed)
+    s = np.zeros(walks)
+    run = np.zeros(walks, dtype=np.int64)
+    alive = np.ones(walks, dtype=bool)
+    t = 0
+    while alive.any():
+        t += 1
+        step = np.where(rng.random(walks) < p_up, up, -down)
+        s = np.where(alive, np.maximum(0.0, s + step), s)
+        fired = alive & (s > h)
+        run[fired] = t
+        alive &= ~fired
+    return run.mean(), run.std() / math.sqrt(walks)
+
+
+@pytest.mark.parametrize(
+    ("p_ref", "p_true", "steps"), [(0.005, 0.01, 1.5), (0.05, 0.08, 2.5), (0.3, 0.3, 5.0)]
+)
+def test_exact_arl_of_a_standardised_rate_matches_simulation(p_ref, p_true, steps):
+    # The increments a standardised 0/1 feature feeds its upper CUSUM (k = 0.25), with a
+    # threshold of a few jumps so that the ARL is small enough to simulate.
+    k = 0.25
+    sd = math.sqrt(p_ref * (1 - p_ref))
+    up, down = (1 - p_ref) / sd - k, k + p_ref / sd
+    h = steps * max(up, down)
+    alarm, length = two_point_cycle(up, down, np.array([p_true]), h, tol=1e-16)
+    exact = length[0] / alarm[0]
+    simulated, se = _simulated_arl(up, down, p_true, h, walks=4000, seed=5)
+    assert 30 < exact < 3000
+    assert abs(simulated - exact) < 4 * se
+
+
+def test_siegmund_overstates_the_rate_of_a_rare_rate():
+    # A rare 1 is one big jump: its overshoot is far larger than the normal walk's.
+    k, p = 0.25, 0.005
+    sd = math.sqrt(p * (1 - p))
+    up, down = (1 - p) / sd - k, k + p / sd
+    h = 2.5 * up
+    alarm, length = two_point_cycle(up, down, np.array([p]), h, tol=1e-16)
+    y = np.array([[up, -down]])
+    w = np.array([[p, 1 - p]])
+    mean = float((w * y).sum())
+    sd_y = math.sqrt(float((w * (y - mean) ** 2).sum()))
+    siegmund = cusum_rate(cgf_root(y, w), np.array([mean]), np.array([sd_y]), np.array([h]))
+    assert alarm[0] / length[0] < 0.7 * siegmund[0, 0]
+
+
+def test_two_point_root_solves_the_moment_equation_for_both_drifts():
+    p = np.array([0.01, 0.2, 0.4, 0.7])
+    theta = two_point_root(1.0, 0.5, p)
+    mean = p * 1.0 - (1 - p) * 0.5
+    assert np.all(np.sign(theta) == -np.sign(mean))
+    mgf = p * np.exp(theta * 1.0) + (1 - p) * np.exp(-theta * 0.5)
+    assert mgf == pytest.approx(np.ones(4), rel=1e-9)
+
+
+def test_siegmund_offset_inverts_siegmund_arl():
+    theta = np.array([0.8, 0.05, 1e-7, -0.3, -2.0])
+    mean = np.array([-0.4, -0.025, -5e-8, 0.15, 1.0])
+    var = np.ones(5)
+    b = np.array([3.0, 40.0, 7.0, 12.0, 0.5])
+    arl = _siegmund_arl(theta, mean, var, b)
+    assert _siegmund_offset(arl, theta, mean, var) == pytest.approx(b, rel=1e-6)
+
+
+def _posterior_rate(successes, n_ref, h, target):
+    """The exact posterior-averaged two-sided rate, straight from the cycles (no cap)."""
+    rates = _BinaryRates(successes, n_ref, 0.25, 1e-6 * target)
+    return sum(rates.weights @ rates._exact(i, h) for i in range(len(rates.sides)))
+
+
+@pytest.mark.parametrize(("successes", "n_ref"), [(0, 300), (1, 300), (20, 300), (2, 2400)])
+def test_binary_threshold_is_the_smallest_meeting_the_target(successes, n_ref):
+    target_arl = 2e4
+    h = ph_threshold_binary(successes, n_ref, 0.25, target_arl)
+    assert _posterior_rate(successes, n_ref, h, 1 / target_arl) <= 1 / target_arl
+    assert _posterior_rate(successes, n_ref, 0.995 * h, 1 / target_arl) > 1 / target_arl
+
+
+def test_threshold_beyond_the_exact_range_extrapolates_the_exact_overshoot():
+    # p̃ = 0.3: the exact range ends at 8 larger steps (~10); at twice that the fitted
+    # overshoot gives the exact rate to 2 %.
+    rates = _BinaryRates(90, 300, 0.25, 1e-16)
+    for side in range(len(rates.sides)):
+        h = 2 * rates.cap(side)
+        fitted = rates.weights @ rates.side_rate(side, h)
+        exact = rates.weights @ rates._exact(side, h)
+        assert fitted == pytest.approx(exact, rel=0.02)
+
+
+def test_page_hinkley_takes_the_share_adwin_leaves_on_rare_rates():
+    rare_alone = ph_threshold_binary(2, 600, 0.25, 2e4)
+    rare_shared = ph_threshold_binary(2, 600, 0.25, 2e4, adwin_share=True)
+    half_alone = ph_threshold_binary(300, 600, 0.25, 2e4)
+    half_shared = ph_threshold_binary(300, 600, 0.25, 2e4, adwin_share=True)
+    assert rare_shared < 0.97 * rare_alone
+    assert half_shared == pytest.approx(half_alone, rel=0.01)  # ADWIN spends its share
+
+
+def test_adwin_binary_fraction_is_symmetric_monotone_and_at_most_one():
+    p = np.array([1e-5, 1e-4, 5e-4, 0.003, 0.05, 0.3, 0.5])
+    f = adwin_binary_rate_ratio(p)
+    assert np.all(np.diff(f) > 0) and f[-1] == pytest.approx(1.0)
+    assert adwin_binary_rate_ratio(1 - p) == pytest.approx(f)
+    assert f[0] == pytest.approx(f[1] / 10)  # proportional below the measured rates

@@ -95,7 +95,8 @@ def test_river_detectors_load_without_river_drift_package_imports():
     code = (
         "import sys\n"
         "from driftmon.core.detectors import FeatureStream\n"
-        "heavy = sorted(m for m in ('sklearn', 'river.datasets', 'river.drift') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('sklearn', 'river.datasets', 'river.drift')"
+        " if m in sys.modules)\n"
         "from driftmon.core import _river\n"
         "import river.drift\n"
         "print(heavy, river.drift.ADWIN is _river.ADWIN, "
@@ -105,3 +106,24 @@ def test_river_detectors_load_without_river_drift_package_imports():
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert out.strip() == "[] True True"
+
+
+def test_rare_rate_page_hinkley_takes_the_budget_adwin_leaves_unused():
+    def threshold(adwin):
+        s = _stream(kind="binary", warmup=300, adwin=adwin)
+        for i in range(300):
+            s.update(1.0 if i % 150 == 0 else 0.0)  # 2 events in the warm-up
+        return s.statistics()["page_hinkley"][1]
+
+    assert threshold(adwin=True) < threshold(adwin=False)
+
+
+def test_rare_rate_rise_is_detected():
+    s = _stream(kind="binary", warmup=300)
+    rng = random.Random(12)
+    hits = []
+    for i in range(6000):
+        p = 0.005 if i < 3000 else 0.05
+        if s.update(1.0 if rng.random() < p else 0.0) is not None:
+            hits.append(i)
+    assert hits and 3000 <= hits[0] < 3400
