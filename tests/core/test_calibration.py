@@ -200,7 +200,7 @@ def test_binary_threshold_is_the_smallest_meeting_the_target(successes, n_ref):
 
 
 def test_threshold_beyond_the_exact_range_extrapolates_the_exact_overshoot():
-    # p̃ = 0.3: the exact range ends at 8 larger steps (~10); at twice that the fitted
+    # p̃ = 0.3: the exact range ends at EXACT_STEPS larger steps; at twice that the fitted
     # overshoot gives the exact rate to 2 %.
     rates = _BinaryRates(90, 300, 0.25, 1e-16)
     for side in range(len(rates.sides)):
