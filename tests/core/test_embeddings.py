@@ -198,6 +198,33 @@ def test_mewma_stays_quiet_on_held_out_null_data():
     assert alarms <= 3
 
 
+def topic_pool(rng, n=800, topics=40):
+    """A finite pool of answers in topic clusters (unit vectors), as real answers are."""
+    centres = rng.normal(size=(topics, P))
+    x = centres[rng.integers(0, topics, size=n)] + 0.8 * rng.normal(size=(n, P))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_mewma_false_alarms_stay_within_budget_on_clustered_answers_with_new_prompts():
+    # Streams drawn with replacement from a pool of clustered answers: the reference sees
+    # 400 of them, the chart then meets unseen ones and bursts of one topic. The
+    # false-alarm rate, averaged over keys (their own references), must not exceed
+    # the budget by more than chance allows.
+    rng = np.random.default_rng(14)
+    target, per_key, keys = 2_000, 10_000, 6
+    alarms = 0
+    for _ in range(keys):
+        pool = topic_pool(rng)
+        stream = pool[rng.integers(0, len(pool), size=400 + per_key)]
+        ref = EmbeddingReference(fit_n=200, calib_n=200, rank=16)
+        for v in stream[:400]:
+            ref.add(v)
+        det = MewmaDetector(ref, target_arl=target)
+        alarms += sum(det.update(v) for v in stream[400:])
+    expected = keys * per_key / target  # 30
+    assert alarms <= 1.6 * expected
+
+
 def test_threshold_grows_with_the_target_and_is_deterministic():
     rng = np.random.default_rng(10)
     held_out = reference(rng).held_out_whitened
