@@ -29,7 +29,8 @@ detectors with the same per-detector false-alarm budget, so each is measured on 
 
 Pre-switch alarms of every detector are counted (the budget expects none here). Vectors
 come from ``benchmarks/embedcache.py``'s cache outside the repository (computed on first
-use, one torch thread); with a warm cache a run takes a few minutes:
+use, one torch thread). With a warm cache the default 3 seeds (108 streams of 3 000
+events) take about 10 minutes on this shared 2-core machine; ``--seeds`` scales it:
 
     nice -n 10 python benchmarks/embedcache.py --only partial_shift
     nice -n 10 python benchmarks/partial_shift.py [--seeds 3] [--budget 1000000]
