@@ -45,9 +45,13 @@ def null_stream(
     dist = FeatureStream("embedding_distance", "continuous", arl, config)
     alarms = {"mewma": 0, "embedding_distance/page_hinkley": 0, "embedding_distance/adwin": 0}
     watched = {"mewma": 0, "embedding_distance": 0}
+    calibration_seconds = []
     for i in draws:
         had_mewma = emb.mewma is not None
+        start = time.perf_counter()
         step = emb.update(vectors[i])
+        if not had_mewma and emb.mewma is not None:  # this update set the threshold
+            calibration_seconds.append(time.perf_counter() - start)
         watched["mewma"] += had_mewma
         if step.drift:
             alarms["mewma"] += 1
@@ -58,7 +62,7 @@ def null_stream(
             if alarm is not None:
                 alarms[f"embedding_distance/{alarm.detector}"] += 1
                 emb.relearn()
-    return {"watched": watched, "alarms": alarms}
+    return {"watched": watched, "alarms": alarms, "calibration_seconds": calibration_seconds}
 
 
 def main() -> None:
@@ -98,8 +102,13 @@ def main() -> None:
             "events_per_false_alarm": None if per is None else round(per),
             "ratio_to_budget": None if per is None else round(per / args.arl, 2),
         }
+    seconds = sorted(t for r in rows for t in r.pop("calibration_seconds"))
     summary = {
         "target_events_per_false_alarm": args.arl,
+        "mewma_calibrations": len(seconds),
+        "mewma_calibration_seconds_median": round(seconds[len(seconds) // 2], 2)
+        if seconds
+        else None,
         "streams": len(rows),
         "events_per_stream": args.events,
         "seconds": round(time.perf_counter() - start, 1),
