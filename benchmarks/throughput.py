@@ -21,6 +21,7 @@ from pathlib import Path
 
 from driftmon.core.events import Event, parse_event
 from driftmon.core.pipeline import Pipeline
+from driftmon.embedding import Sampler
 from driftmon.settings import Settings
 from driftmon.synthetic import generate
 
@@ -55,6 +56,31 @@ def main() -> None:
             pipeline.process(line, i)
         rates.append(len(lines) / (time.perf_counter() - start))
         cpu_rates.append(len(lines) / (time.process_time() - cpu_start))
+
+    # The ingestion cost of embeddings on, without the encoding (which the daemon does in
+    # another process): the same pass with the daemon's sampler deciding per event, on
+    # its monotonic clock, interleaved with passes without it. A key's budget is split
+    # over two more detectors with embeddings on, so its thresholds differ: the first
+    # round fills their caches (as a long-running daemon has) and is not counted.
+    sampler_rates: dict[str, list[float]] = {"off": [], "sampler_on": []}
+    sampled = 0
+    for round_ in range(3):
+        for mode in ("off", "sampler_on"):
+            if mode == "off":
+                p = Pipeline(settings)
+            else:
+                sampler = Sampler.from_settings(settings.embeddings)
+                p = Pipeline(settings, sampler=sampler, sampler_clock=time.monotonic)
+            gc.collect()
+            cpu_start = time.process_time()
+            n_embed = 0
+            for i, line in enumerate(lines):
+                n_embed += p.process(line, i).embed
+            if round_ == 0:
+                continue
+            sampler_rates[mode].append(len(lines) / (time.process_time() - cpu_start))
+            if mode == "sampler_on":
+                sampled = n_embed
 
     # Where the time goes: each stage over the same records, in steady state (a pipeline
     # already fed the stream once, so every stream is past its warm-up).
@@ -105,6 +131,18 @@ def main() -> None:
                 "events_per_cpu_second_median": round(statistics.median(cpu_rates)),
                 "load_average_1m": round(os.getloadavg()[0], 2),
                 "steady_state_cpu_per_stage": stages,
+                "embedding_sampler": {
+                    "events_per_cpu_second_off": [round(r) for r in sampler_rates["off"]],
+                    "events_per_cpu_second_sampler_on": [
+                        round(r) for r in sampler_rates["sampler_on"]
+                    ],
+                    "on_to_off_ratio": round(
+                        statistics.median(sampler_rates["sampler_on"])
+                        / statistics.median(sampler_rates["off"]),
+                        3,
+                    ),
+                    "sampled_for_embedding": sampled,
+                },
                 "snapshot_bytes_per_key": round(len(snapshot) / max(n_keys, 1)),
                 "heap_bytes_per_key": round(heap / max(n_keys, 1)),
             },
