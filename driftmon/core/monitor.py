@@ -246,7 +246,10 @@ class Monitor:
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot taken by :meth:`snapshot`."""
-        payload = pickle.loads(data)
+        try:
+            payload = pickle.loads(data)
+        except Exception as exc:  # e.g. a snapshot of classes laid out differently
+            raise ValueError(f"snapshot unreadable ({type(exc).__name__}: {exc})") from exc
         version = payload.get("version") if isinstance(payload, dict) else None
         if version != SNAPSHOT_VERSION:
             raise ValueError(

@@ -66,3 +66,9 @@ def test_restore_refuses_other_versions_and_settings():
 
     with pytest.raises(ValueError, match="version"):
         m.restore(pickle.dumps({"version": 999}))
+    # A snapshot that cannot be unpickled at all (truncated, or naming a class that is
+    # gone) is refused the same way, so the daemon starts fresh instead of crashing.
+    with pytest.raises(ValueError, match="unreadable"):
+        m.restore(pickle.dumps({"version": 999})[:-3])
+    with pytest.raises(ValueError, match="unreadable"):
+        m.restore(b"\x80\x05\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x08driftmon\x8c\x04Gone\x93.")
