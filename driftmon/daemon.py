@@ -68,7 +68,7 @@ class _EmbeddingPath:
             metrics.embedding_duration.observe(seconds)
 
         self.metrics = metrics
-        self._skipped_budget = self._dropped = 0
+        self._skipped_budget = self._dropped = self._failed = 0
         self.sampler = Sampler.from_settings(settings.embeddings)
         self.worker: EmbeddingWorker[tuple[TopicPartition, str, str], tuple[int, float | None]]
         resolve_model(settings.embeddings.model)  # a missing model fails here, at once
@@ -99,7 +99,14 @@ class _EmbeddingPath:
             m.embeddings_skipped.labels("budget").inc(budget - self._skipped_budget)
         if full > self._dropped:
             m.embeddings_skipped.labels("queue_full").inc(full - self._dropped)
-        self._skipped_budget, self._dropped = budget, full
+        if stats.failed > self._failed:
+            m.embeddings_skipped.labels("encode_error").inc(stats.failed - self._failed)
+            log.warning(
+                "embedding batch failed, skipped",
+                texts=stats.failed - self._failed,
+                error=self.worker.last_error,
+            )
+        self._skipped_budget, self._dropped, self._failed = budget, full, stats.failed
         return [
             (tp, ep, model, offset, ts, vector)
             for (tp, ep, model), (offset, ts), vector in self.worker.drain()

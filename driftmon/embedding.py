@@ -272,6 +272,7 @@ class WorkerStats:
     dropped: int
     backlog: int
     last_batch_seconds: float
+    failed: int = 0  # texts whose batch the model raised on (skipped, worker goes on)
 
 
 class EmbeddingWorker(Generic[K, R]):
@@ -287,7 +288,9 @@ class EmbeddingWorker(Generic[K, R]):
 
     ``submit`` never blocks: past ``queue_size`` texts the child has not taken yet it
     drops and counts. Results come back, in submission order, from ``drain()``, which
-    also calls ``on_batch(n, seconds)`` per batch and raises if the child failed or died.
+    also calls ``on_batch(n, seconds)`` per batch and raises if the child died. A batch
+    the model raises on is skipped and counted (``stats().failed``): one odd text must
+    not stop embeddings, nor crash-loop the daemon that re-reads it after a restart.
     The constructor waits for the model to load and raises :class:`EmbeddingUnavailable`
     with the child's message if it cannot.
     """
@@ -308,7 +311,8 @@ class EmbeddingWorker(Generic[K, R]):
         self._results: Any = ctx.Queue()
         self._pending: dict[int, tuple[K, R]] = {}
         self._seq = 0
-        self._embedded = self._batches = self._dropped = 0
+        self._embedded = self._batches = self._dropped = self._failed = 0
+        self.last_error: str | None = None
         self._last_seconds = 0.0
         self._closed = False
         self._proc = ctx.Process(
@@ -375,9 +379,12 @@ class EmbeddingWorker(Generic[K, R]):
                 message = self._results.get_nowait()
             except queue.Empty:
                 break
-            if message[0] == "error":
-                self._closed = True
-                raise RuntimeError(f"the embedding worker stopped: {message[1]}")
+            if message[0] == "failed":
+                _, seqs, self.last_error = message
+                self._failed += len(seqs)
+                for seq in seqs:
+                    del self._pending[seq]
+                continue
             _, seqs, vectors, seconds = message
             self._embedded += len(seqs)
             self._batches += 1
@@ -394,7 +401,12 @@ class EmbeddingWorker(Generic[K, R]):
 
     def stats(self) -> WorkerStats:
         return WorkerStats(
-            self._embedded, self._batches, self._dropped, self.backlog, self._last_seconds
+            self._embedded,
+            self._batches,
+            self._dropped,
+            self.backlog,
+            self._last_seconds,
+            self._failed,
         )
 
     def close(self, timeout: float = 5.0) -> bool:
@@ -453,10 +465,10 @@ def _serve(
         start = time.perf_counter()
         try:
             vectors = embedder.encode([text for _, text in batch])
-        except BaseException as exc:
-            results.put(("error", f"{type(exc).__name__}: {exc}"))
-            return
-        seconds = time.perf_counter() - start
-        results.put(("batch", [seq for seq, _ in batch], vectors, seconds))
+        except Exception as exc:  # skip the batch; the message names no text
+            results.put(("failed", [seq for seq, _ in batch], type(exc).__name__))
+        else:
+            seconds = time.perf_counter() - start
+            results.put(("batch", [seq for seq, _ in batch], vectors, seconds))
         if stop:
             return

@@ -191,11 +191,6 @@ class SlowEmbedder:
         return np.full((len(texts), 4), 0.5, dtype=np.float32)
 
 
-class BrokenEmbedder:
-    def encode(self, texts):
-        raise ValueError("boom")
-
-
 def _fail_to_load():
     raise EmbeddingUnavailable("no model here")
 
@@ -265,12 +260,29 @@ def test_worker_batches_what_is_waiting():
     assert sizes == [1, 32, 8]  # up to 4 x batch_size per encode call
 
 
-def test_worker_error_surfaces_in_drain():
-    worker: EmbeddingWorker[str, int] = EmbeddingWorker(BrokenEmbedder)
-    worker.submit("k", 0, "x")
-    _drain_until_it_raises(worker, "stopped: ValueError: boom")
-    assert not worker.submit("k", 1, "after the failure")
-    assert worker.close()
+class FailsOnPoison:
+    """Raises on any batch holding the text "poison", like a model choking on one input."""
+
+    def encode(self, texts):
+        if "poison" in texts:
+            raise ValueError("cannot encode")
+        return np.full((len(texts), 4), 0.5, dtype=np.float32)
+
+
+def test_a_batch_the_model_raises_on_is_skipped_and_counted():
+    worker: EmbeddingWorker[str, int] = EmbeddingWorker(FailsOnPoison, batch_size=1)
+    try:
+        assert worker.submit("k", 0, "poison")
+        deadline = time.monotonic() + 10
+        while worker.stats().failed < 1 and time.monotonic() < deadline:
+            assert worker.drain() == []
+            time.sleep(0.01)
+        assert worker.stats().failed == 1 and worker.last_error == "ValueError"
+        assert worker.submit("k", 1, "fine")  # the worker goes on
+        got = _drain_until(worker, 1)
+    finally:
+        assert worker.close()
+    assert [ref for _, ref, _ in got] == [1]
 
 
 def test_a_model_that_cannot_load_fails_the_constructor_with_its_reason():
