@@ -6,7 +6,6 @@ import json
 import random
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +36,6 @@ TOPIC = "llm-outputs"
 ENDPOINTS = {"sql-assistant": {"format": "json"}}
 N_EVENTS = 8000
 UPGRADE_AT = 4000
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
-        create_topic(b.bootstrap, TOPIC, partitions=1)
-        yield b
 
 
 def stream(bad_every: int = 0, n: int = N_EVENTS) -> list[str]:

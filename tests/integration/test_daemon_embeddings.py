@@ -9,27 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from driftmon.synthetic import generate
-from driftmon.tansu import EmbeddedBroker
-from tests.support import DaemonProcess, create_topic, daemon_settings, metric, produce, running
+from tests.support import DaemonProcess, daemon_settings, metric, produce, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.embeddings]
 
 TOPIC = "llm-outputs"
 N_EVENTS = 6000
 QUEUE_SIZE = 16
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
-        create_topic(b.bootstrap, TOPIC, partitions=1)
-        yield b
 
 
 def test_a_flood_never_grows_the_embedding_queue_past_its_bound(broker, tmp_path):

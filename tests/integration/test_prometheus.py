@@ -30,7 +30,6 @@ from driftmon.synthetic import Upgrade, generate
 from driftmon.tansu import EmbeddedBroker, free_port
 from tests.support import (
     DaemonProcess,
-    create_topic,
     daemon_settings,
     http_get,
     produce,
@@ -185,13 +184,6 @@ class Prometheus:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
-        create_topic(b.bootstrap, TOPIC, partitions=1)
-        yield b
 
 
 @pytest.fixture
