@@ -130,11 +130,45 @@ def _solve_threshold(
 ) -> float:
     """Smallest h whose two-sided rate, averaged over the estimation-error nodes (the
     first half of the rows is the upper side, the second the lower), is 1/target_arl."""
-    rates = cusum_rate(theta, mean_y, sd_y, _H_GRID)
-    half = rates.shape[0] // 2
-    both = rates[:half] + rates[half:]
-    mean_rate = both.mean(axis=0) if node_weights is None else node_weights @ both
-    return _first_h_below(mean_rate, 1.0 / target_arl)
+
+    def rate_at(h: FloatArray) -> FloatArray:
+        rates = cusum_rate(theta, mean_y, sd_y, h)
+        half = rates.shape[0] // 2
+        both = rates[:half] + rates[half:]
+        return both.mean(axis=0) if node_weights is None else node_weights @ both
+
+    return _grid_solve(rate_at, 1.0 / target_arl)
+
+
+# Every 8th point of _H_GRID and its last: where _grid_solve looks first.
+_COARSE: npt.NDArray[np.intp] = np.unique(np.r_[np.arange(0, len(_H_GRID), 8), len(_H_GRID) - 1])
+
+
+def _grid_solve(rate_at: Callable[[FloatArray], FloatArray], target: float) -> float:
+    """``_first_h_below(rate_at(_H_GRID), target)`` for a rate that does not grow with h.
+
+    Finds the bracket on every 8th grid point, then evaluates only the points inside it:
+    ~35 evaluations instead of 200. A threshold is derived at every reference merge of
+    every continuous stream, and on the full grid this was ~15 % of replay time.
+    """
+    coarse = rate_at(_H_GRID[_COARSE])
+    below = np.nonzero(coarse <= target)[0]
+    if len(below) == 0:
+        return float(_H_GRID[-1])
+    j = int(below[0])
+    if j == 0:
+        return float(_H_GRID[0])
+    lo, hi = int(_COARSE[j - 1]), int(_COARSE[j])
+    fine = rate_at(_H_GRID[lo : hi + 1])
+    i = int(np.nonzero(fine <= target)[0][0])  # >= 1: the point at lo is above target
+    return _interpolate_h(lo + i, float(fine[i - 1]), float(fine[i]), target)
+
+
+def _interpolate_h(i: int, rate_before: float, rate_at_i: float, target: float) -> float:
+    """Log-linear interpolation of the rate between grid points i - 1 and i."""
+    r0, r1 = math.log(max(rate_before, 1e-300)), math.log(max(rate_at_i, 1e-300))
+    t = 1.0 if r0 == r1 else (r0 - math.log(target)) / (r0 - r1)
+    return float(_H_GRID[i - 1] + t * (_H_GRID[i] - _H_GRID[i - 1]))
 
 
 def _first_h_below(mean_rate: FloatArray, target: float) -> float:
@@ -145,9 +179,7 @@ def _first_h_below(mean_rate: FloatArray, target: float) -> float:
     i = int(below[0])
     if i == 0:
         return float(_H_GRID[0])
-    r0, r1 = math.log(max(mean_rate[i - 1], 1e-300)), math.log(max(mean_rate[i], 1e-300))
-    t = 1.0 if r0 == r1 else (r0 - math.log(target)) / (r0 - r1)
-    return float(_H_GRID[i - 1] + t * (_H_GRID[i] - _H_GRID[i - 1]))
+    return _interpolate_h(i, float(mean_rate[i - 1]), float(mean_rate[i]), target)
 
 
 # Mean errors (in reference standard deviations) at which θ is tabulated: wide enough for
@@ -594,7 +626,7 @@ def _solve_fitted(
     target: float,
 ) -> float:
     """Smallest h whose weighted rate, Siegmund's with b = h + offset per row, is target."""
-    return _first_h_below(weights @ _fitted_rates(theta, mean, var, offset, _H_GRID), target)
+    return _grid_solve(lambda h: weights @ _fitted_rates(theta, mean, var, offset, h), target)
 
 
 # ADWIN's delta bounds a union of tests, not a rate. Its null alarm rate per event, measured
