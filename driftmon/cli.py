@@ -44,6 +44,18 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
     print(json.dumps(masked(settings), indent=2))
+    from driftmon.core import compiled_modules
+
+    flags = compiled_modules()
+    if all(flags.values()):
+        print("driftmon: per-event core compiled (Cython)", file=sys.stderr)
+    else:
+        plain = ", ".join(name for name, on in flags.items() if not on)
+        print(
+            f"driftmon: per-event core NOT compiled ({plain}): running as plain Python, "
+            "about 1.6x slower per event; build with a C compiler (see README)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from driftmon import kafka as kafka_io
 from driftmon.alertmanager import AlertSender
 from driftmon.checkpoint import Checkpoint, CheckpointStore, DirectoryCheckpointStore
+from driftmon.core import compiled_label
 from driftmon.core.detectors import DETECTORS
 from driftmon.core.embeddings import Vector
 from driftmon.core.events import Event
@@ -454,6 +455,7 @@ class Daemon:
             topics=k.topics,
             group=k.group_id,
             metrics_port=server.server_address[1],
+            compiled_core=compiled_label(),
         )
         try:
             self._producer = kafka_io.make_producer(k)

@@ -17,6 +17,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from driftmon.core import compiled_label
 from driftmon.core.events import REJECTION_REASONS
 
 ALERT_STATUSES: Final = ("ok", "error", "rejected")
@@ -116,9 +117,11 @@ class Metrics:
         )
         self.checkpoints = counter("driftmon_checkpoints", "Checkpoints written.")
         self.build_info = gauge(
-            "driftmon_build_info", "Always 1; labelled with the version.", ("version",)
+            "driftmon_build_info",
+            "Always 1; labelled with the version and whether the per-event core is compiled.",
+            ("version", "compiled"),
         )
-        self.build_info.labels(version or package_version()).set(1)
+        self.build_info.labels(version or package_version(), compiled_label()).set(1)
 
         # Known label values start at 0 so rate() and absent() work before the first increment.
         for reason in REJECTION_REASONS:

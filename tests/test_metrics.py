@@ -86,13 +86,17 @@ def test_known_label_values_start_at_zero(registry: CollectorRegistry, metrics: 
 
 
 def test_build_info(registry: CollectorRegistry, metrics: Metrics) -> None:
-    assert registry.get_sample_value("driftmon_build_info", {"version": "1.2.3"}) == 1
+    from driftmon.core import compiled_label
+
+    labels = {"version": "1.2.3", "compiled": compiled_label()}
+    assert registry.get_sample_value("driftmon_build_info", labels) == 1
 
 
 def test_build_info_defaults_to_a_version(registry: CollectorRegistry) -> None:
     Metrics(registry)
     text = generate_latest(registry).decode()
-    assert 'driftmon_build_info{version="' in text
+    line = next(x for x in text.splitlines() if x.startswith("driftmon_build_info{"))
+    assert 'version="' in line and 'compiled="' in line
 
 
 def _populate(metrics: Metrics, endpoint: str, model: str) -> None:

@@ -11,31 +11,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from driftmon.core.detectors import DetectorConfig, FeatureStream, Kind
+from driftmon.core.detectors import (
+    CONTINUOUS_FEATURES,  # noqa: F401  (re-exported: where features get their kind)
+    DetectorConfig,
+    FeatureStream,
+    feature_kind,  # noqa: F401
+    update_streams,
+)
 from driftmon.core.embeddings import EmbeddingStream, Vector
 
 SNAPSHOT_VERSION = 2  # 2: warm-up buffers as float32, none for 0/1 features
-
-# Everything else (0/1 format and contract features) is watched as a rate.
-CONTINUOUS_FEATURES = frozenset(
-    {
-        "output_chars",
-        "output_tokens",
-        "list_items",
-        "paragraphs",
-        "sentence_words",
-        "feedback",
-        "latency",
-        "embedding_distance",
-    }
-)
-
-
-_NONE: list[Detection] = []  # shared "no detections" result; never appended to
-
-
-def feature_kind(name: str) -> Kind:
-    return "continuous" if name in CONTINUOUS_FEATURES else "binary"
 
 
 @dataclass(slots=True)
@@ -160,34 +145,24 @@ class Monitor:
         state = self._key(endpoint, model, now)
         if count_event:
             state.events += 1
-        streams = state.streams
-        found: list[Detection] = _NONE
-        for name, value in features.items():
-            stream = streams.get(name)
-            if stream is None:
-                stream = FeatureStream(
-                    name, feature_kind(name), state.target_arl, self.config.detector
-                )
-                streams[name] = stream
-            alarm = stream.update(value)
-            if alarm is not None:
-                if found is _NONE:
-                    found = []
-                found.append(
-                    Detection(
-                        endpoint,
-                        model,
-                        alarm.feature,
-                        alarm.detector,
-                        alarm.baseline,
-                        alarm.current,
-                        alarm.statistic,
-                        alarm.threshold,
-                        state.events,
-                        now,
-                    )
-                )
-        return found
+        alarms = update_streams(state.streams, features, state.target_arl, self.config.detector)
+        if not alarms:
+            return []
+        return [
+            Detection(
+                endpoint,
+                model,
+                a.feature,
+                a.detector,
+                a.baseline,
+                a.current,
+                a.statistic,
+                a.threshold,
+                state.events,
+                now,
+            )
+            for a in alarms
+        ]
 
     def update_embedding(
         self, endpoint: str, model: str, vector: Vector, now: float | None

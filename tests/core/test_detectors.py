@@ -87,6 +87,45 @@ def test_frozen_page_hinkley_matches_rivers_own_update():
     assert sum(flags) >= 5  # the comparison covered detections and resets
 
 
+def test_feature_stream_page_hinkley_is_rivers_page_hinkley_step_for_step():
+    """FeatureStream keeps Page-Hinkley's state in typed fields (compiled hot path); fed the
+    same standardised values, river's own update gives the same statistic and alarm."""
+    import math
+
+    from river.drift import PageHinkley
+
+    from driftmon.core.detectors import Z_CLIP, FrozenPageHinkley
+
+    s = _stream(warmup=300, adwin=False)
+    rng = random.Random(21)
+    total = total_sq = 0.0
+    for _ in range(300):
+        x = rng.gauss(3.0, 2.0)
+        total += x
+        total_sq += x * x
+        s.update(x)
+    mean = total / 300
+    inv_sd = 1.0 / math.sqrt(max((total_sq - 300 * mean * mean) / 299, 0.0))
+    threshold = s.statistics()["page_hinkley"][1]
+    river_ph = FrozenPageHinkley(delta=0.25, threshold=threshold)
+    steps = 0
+    for _ in range(299):  # fewer than the reference size: no merge before the alarm
+        x = rng.gauss(4.6, 2.0)
+        z = max(-Z_CLIP, min(Z_CLIP, (x - mean) * inv_sd))
+        PageHinkley.update(river_ph, z)
+        alarm = s.update(x)
+        steps += 1
+        if alarm is not None:
+            assert river_ph.drift_detected
+            assert alarm.statistic == river_ph.statistic
+            break
+        assert not river_ph.drift_detected
+        assert s.statistics()["page_hinkley"][0] == river_ph.statistic
+    else:
+        raise AssertionError("a 0.8 sd shift should be detected within 299 events")
+    assert steps > 5  # compared over a real run, not on the first value
+
+
 def test_river_detectors_load_without_river_drift_package_imports():
     """river.drift's __init__ pulls scikit-learn and scipy; driftmon skips it (memory)."""
     import subprocess
