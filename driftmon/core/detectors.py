@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 
@@ -378,6 +378,81 @@ class FeatureStream:
         self.relearn()
         return alarm
 
+    # -- persistence ----------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled field by field, so one snapshot restores in the compiled and in the
+        plain-Python build alike (Cython's own pickling names build-specific helpers)."""
+        return (
+            _restore_stream,
+            (
+                self.name,
+                self.kind,
+                self.target_arl,
+                self._config,
+                self.n,
+                self.current,
+                self._detected_at,
+                bool(self._learning),
+                self._warm,
+                bool(self._ph_on),
+                self._ph_k,
+                self._ph_threshold,
+                self._ph_n,
+                self._ph_inc,
+                self._ph_dec,
+                self._ph_min,
+                self._ph_max,
+                self._adwin,
+                self.ref_n,
+                self._mean,
+                self._inv_sd,
+                self._z0,
+                self._z1,
+                self._shape,
+                self._blk_n,
+                self._blk_sum,
+                self._blk_sumsq,
+                self._ref_sum,
+                self._ref_sumsq,
+            ),
+        )
+
+    def _set_state(self, state: tuple[Any, ...]) -> None:
+        (
+            self.name,
+            self.kind,
+            self.target_arl,
+            self._config,
+            self.n,
+            self.current,
+            self._detected_at,
+            self._learning,
+            self._warm,
+            self._ph_on,
+            self._ph_k,
+            self._ph_threshold,
+            self._ph_n,
+            self._ph_inc,
+            self._ph_dec,
+            self._ph_min,
+            self._ph_max,
+            self._adwin,
+            self.ref_n,
+            self._mean,
+            self._inv_sd,
+            self._z0,
+            self._z1,
+            self._shape,
+            self._blk_n,
+            self._blk_sum,
+            self._blk_sumsq,
+            self._ref_sum,
+            self._ref_sumsq,
+        ) = state
+        self._warmup = self._config.warmup
+        self._binary = self.kind == "binary"
+        self._adwin_helper = None if self._adwin is None else self._adwin._helper
+
     # -- display --------------------------------------------------------------------
     def statistics(self) -> dict[str, tuple[float, float]]:
         """detector → (statistic, threshold) for metrics; ADWIN reports its window width."""
@@ -387,6 +462,13 @@ class FeatureStream:
         if self._adwin is not None:
             out["adwin"] = (float(self._adwin.width), float(self._adwin.delta))
         return out
+
+
+def _restore_stream(*state: Any) -> FeatureStream:
+    """Unpickles a :class:`FeatureStream` (see ``FeatureStream.__reduce__``)."""
+    stream = FeatureStream.__new__(FeatureStream)
+    stream._set_state(state)
+    return stream
 
 
 _NO_ALARMS: list[Alarm] = []  # shared "no alarms" result; never appended to
