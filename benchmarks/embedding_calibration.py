@@ -5,7 +5,8 @@ answers to prompts drawn at random with replacement, nothing changing. The strea
 the embedding detectors exactly as ``Monitor.update_embedding`` wires them: the
 :class:`~driftmon.core.embeddings.EmbeddingStream` (reference fit on 200 embeddings,
 calibrated on the next 200 held out, then the ``mewma`` chart) and the Mahalanobis
-distance into a calibrated ``embedding_distance``
+distance, as its normal score against the held-out distances (``EmbeddingStep.scores``),
+into a calibrated ``embedding_distance``
 :class:`~driftmon.core.detectors.FeatureStream` (Page-Hinkley + ADWIN); an alarm of either
 re-learns both. Each detector gets ``--arl`` embedded events per false alarm (the
 default budget gives each about 3·10⁷, far too many to count, so the calibration is
@@ -56,12 +57,14 @@ def null_stream(
         if step.drift:
             alarms["mewma"] += 1
             dist.relearn()
-        elif step.distance is not None:
-            watched["embedding_distance"] += not dist.learning
-            alarm = dist.update(step.distance)
-            if alarm is not None:
-                alarms[f"embedding_distance/{alarm.detector}"] += 1
-                emb.relearn()
+        else:
+            for score in step.scores:
+                watched["embedding_distance"] += not dist.learning
+                alarm = dist.update(score)
+                if alarm is not None:
+                    alarms[f"embedding_distance/{alarm.detector}"] += 1
+                    emb.relearn()
+                    break
     return {"watched": watched, "alarms": alarms, "calibration_seconds": calibration_seconds}
 
 

@@ -22,7 +22,8 @@ detectors with the same per-detector false-alarm budget, so each is measured on 
 
 * ``mewma``: driftmon's :class:`~driftmon.core.embeddings.EmbeddingStream` (MEWMA only);
 * ``embedding_distance``: the Mahalanobis distance to the same kind of reference (fit on
-  the first 200 embeddings, from the 201st on) into a calibrated
+  the first 200 embeddings, calibrated on the next 200) as its normal score against the
+  held-out distances, as the monitor feeds it, into a calibrated
   :class:`~driftmon.core.detectors.FeatureStream` (Page-Hinkley + ADWIN);
 * ``cosine``: the classic baseline, 1 − cosine similarity to the reference centroid into
   an identical FeatureStream (benchmark only: it is not a detector driftmon ships).
@@ -136,8 +137,9 @@ def embedding_sources(data_dir: Path = DATA) -> list[tuple[str, list[str]]]:
 
 class ScalarOnReference:
     """A score of each embedding against a reference fitted on the first ``fit_n``, fed
-    to a calibrated FeatureStream from the first held-out embedding on (as the monitor
-    feeds ``embedding_distance``); an alarm re-learns the reference too."""
+    to a calibrated FeatureStream (the distance as the monitor feeds
+    ``embedding_distance``; cosine from the first held-out embedding on); an alarm
+    re-learns the reference too."""
 
     def __init__(self, score: str, target_arl: float, settings: Settings) -> None:
         self.score = score
@@ -154,15 +156,23 @@ class ScalarOnReference:
         if not ref.fitted:
             ref.add(v)
             return None
-        cosine = self.score == "cosine"
-        value = 1.0 - ref.cosine_to_centroid(v) if cosine else ref.mahalanobis(v)
-        if not ref.calibrated:
-            ref.add(v)  # keeps the reference's own schedule; the distances are used now
-        alarm = self.stream.update(value)
-        if alarm is None:
-            return None
-        self.relearn()
-        return alarm.detector
+        if self.score == "cosine":
+            values = [1.0 - ref.cosine_to_centroid(v)]
+            if not ref.calibrated:
+                ref.add(v)  # keeps the reference's own schedule; scores are used now
+        elif ref.calibrated:
+            values = [ref.distance_score(ref.mahalanobis(v))]
+        else:  # as the monitor: held-out distances fed as normal scores once all are in
+            ref.add(v)
+            if not ref.calibrated:
+                return None
+            values = [ref.distance_score(d) for d in ref.held_out_distances]
+        for value in values:
+            alarm = self.stream.update(value)
+            if alarm is not None:
+                self.relearn()
+                return alarm.detector
+        return None
 
 
 def run_stream(

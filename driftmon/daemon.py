@@ -414,11 +414,11 @@ class Daemon:
                 for name, stream in key.streams.items():
                     labels = (key.endpoint, key.model, name)
                     drift = active.get(labels)
-                    m.feature_value.labels(*labels).set(stream.current)
+                    m.feature_value.labels(*labels).set(key.display(name, stream.current))
                     # While a drift is active, show the baseline it was detected against,
                     # not the one being re-learned from post-change data.
                     m.feature_baseline.labels(*labels).set(
-                        stream.baseline if drift is None else drift[0]
+                        key.display(name, stream.baseline) if drift is None else drift[0]
                     )
                     stats = stream.statistics()
                     for det in DETECTORS:  # NaN while re-learning: no detector runs

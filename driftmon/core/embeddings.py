@@ -3,8 +3,15 @@
 A key's sampled output embeddings are watched two ways (SPEC §2):
 
 * ``embedding_distance``: the Mahalanobis distance of each embedding to the key's reference
-  (mean, Ledoit–Wolf shrunk covariance). It is a scalar the caller feeds to a
-  :class:`~driftmon.core.detectors.FeatureStream`, which learns its own standardisation.
+  (mean, Ledoit–Wolf shrunk covariance), fed to a
+  :class:`~driftmon.core.detectors.FeatureStream` as its *normal score* against the
+  held-out distances (:meth:`EmbeddingReference.distance_score`, a monotone transform).
+  The raw distance has a long *lower* tail: answers like those the reference was fitted
+  on lie far closer than new ones. A 300-value warm-up summarised by 48 quantiles drops
+  its extreme 1 %, so the Page-Hinkley threshold under-covered the lower side (3.3× the
+  budgeted false alarms at 10⁶ in ``benchmarks/embedding_calibration.py``; log(distance)
+  stretches that tail further and did not help). Normal scores are bounded (±2.8 with
+  200 held-out distances) and near-Gaussian, a shape the warm-up summarises well.
 * ``embedding``/``mewma``: a multivariate EWMA of the whitened embedding, for small mean
   shifts spread over many coordinates that no single distance reveals.
 
@@ -33,12 +40,16 @@ alarm.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
+
+_NORMAL = NormalDist()
 
 FloatArray = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.floating[Any]]
@@ -105,6 +116,10 @@ class EmbeddingReference:
     ~1.5), so a stream that repeats fit prompts would see its distance move when the
     answers change but the model does not; 8 directions cut that to a third.
 
+    :meth:`distance_score` maps a distance to its normal score against the held-out
+    distances (what the ``embedding_distance`` detectors are fed); :meth:`score_distance`
+    maps a score back to a distance (for display).
+
     >>> rng = np.random.default_rng(0)
     >>> ref = EmbeddingReference(fit_n=100, calib_n=50, rank=4, distance_rank=2)
     >>> for v in rng.normal(size=(150, 8)):
@@ -112,6 +127,11 @@ class EmbeddingReference:
     >>> ref.calibrated, ref.held_out_whitened.shape
     (True, (50, 8))
     >>> ref.mahalanobis(np.zeros(8)) < ref.mahalanobis(np.full(8, 3.0))
+    True
+    >>> [round(ref.distance_score(d), 2) for d in (0.0, np.median(ref.held_out_distances), 1e9)]
+    [-2.33, 0.0, 2.33]
+    >>> d = float(np.median(ref.held_out_distances)) * 1.01
+    >>> abs(ref.score_distance(ref.distance_score(d)) - d) < 1e-9
     True
     """
 
@@ -144,6 +164,7 @@ class EmbeddingReference:
         self._dist_inv = np.zeros(0)  # 1/σ_i² of the distance's directions
         self._dist_inv_rest = 0.0
         self.held_out_distances = np.zeros(0)
+        self._score_d: list[float] = []  # held-out distances, sorted
         self.held_out_whitened = np.zeros((0, 0), dtype=np.float32)
         self.held_out_mean = np.zeros(0)
 
@@ -180,6 +201,47 @@ class EmbeddingReference:
                 self.held_out_whitened = rows
                 self.held_out_distances = np.asarray(self._held_out_d)
                 self._held_out, self._held_out_d = [], []
+
+    def _sorted_held_out(self) -> list[float]:
+        table = getattr(self, "_score_d", None)  # absent in references pickled before it
+        if not table or len(table) != self.held_out_distances.size:
+            table = self._score_d = sorted(float(d) for d in self.held_out_distances)
+        return table
+
+    def distance_score(self, d: float) -> float:
+        """Normal score of distance ``d`` against the held-out distances (calibrated only).
+
+        The held-out distances, sorted, sit at probabilities (i + ½)/n; ``d`` gets the
+        probability interpolated linearly between its neighbours (a tie: the middle of
+        the tied positions; beyond the ends: the end position), then Φ⁻¹ of it. Monotone
+        in ``d``, bounded by ±Φ⁻¹(1 − 1/(2n)), near N(0, 1) for new answers of the same
+        model, whatever the shape of the distance's law.
+        """
+        xs = self._sorted_held_out()
+        n = len(xs)
+        lo, hi = bisect_left(xs, d), bisect_right(xs, d)
+        if hi > lo:  # equal to held-out distances
+            u = 0.5 * (lo + hi) / n
+        elif lo == 0:
+            u = 0.5 / n
+        elif lo == n:
+            u = 1.0 - 0.5 / n
+        else:
+            a, b = xs[lo - 1], xs[lo]
+            u = (lo - 0.5 + (d - a) / (b - a)) / n
+        return _NORMAL.inv_cdf(u)
+
+    def score_distance(self, score: float) -> float:
+        """The distance whose :meth:`distance_score` is ``score`` (inverse, for display)."""
+        xs = self._sorted_held_out()
+        n = len(xs)
+        if score != score:
+            return math.nan
+        pos = min(max(_NORMAL.cdf(score) * n - 0.5, 0.0), n - 1.0)
+        i = min(int(pos), n - 2) if n > 1 else 0
+        if n == 1:
+            return xs[0]
+        return xs[i] + (pos - i) * (xs[i + 1] - xs[i])
 
     def discard_held_out_vectors(self) -> None:
         """Free the held-out vectors once the MEWMA threshold is set (the bulk of a key)."""
@@ -493,19 +555,29 @@ class MewmaDetector:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingStep:
-    """What one embedding did: the scalar feature values and whether MEWMA fired."""
+    """What one embedding did: the scalar feature values and whether MEWMA fired.
+
+    ``scores`` are the values to feed, in order, to the ``embedding_distance`` feature
+    stream: normal scores of distances (:meth:`EmbeddingReference.distance_score`). Empty
+    while the held-out distances are collected, all of them at once when the reference is
+    calibrated, then one per embedding.
+    """
 
     distance: float | None  # None while the reference is being fitted
     cosine: float | None
     drift: bool
+    scores: tuple[float, ...] = ()
 
 
 class EmbeddingStream:
     """One key's reference and MEWMA: fit, hold out, monitor, re-learn after an alarm.
 
-    Distances are produced from the first held-out vector on; feed them to the
-    ``embedding_distance`` feature stream, and re-learn that stream as well whenever
-    :attr:`EmbeddingStep.drift` is set or :meth:`relearn` is called.
+    Distances are produced from the first held-out vector on. Their normal scores
+    (:attr:`EmbeddingStep.scores`) are what to feed the ``embedding_distance`` feature
+    stream: the held-out ones all at once when the reference is calibrated (so the
+    stream's warm-up ends where it would on distances fed one by one), then one per
+    embedding. Re-learn that stream as well whenever :attr:`EmbeddingStep.drift` is set
+    or :meth:`relearn` is called.
     """
 
     def __init__(
@@ -540,17 +612,19 @@ class EmbeddingStream:
         if not ref.fitted:
             ref.add(v)
             return EmbeddingStep(None, None, False)
-        step = EmbeddingStep(ref.mahalanobis(v), ref.cosine_to_centroid(v), False)
+        distance, cosine = ref.mahalanobis(v), ref.cosine_to_centroid(v)
         if self.mewma is None:
             ref.add(v)
-            if ref.calibrated:
-                self.mewma = MewmaDetector(ref, self.target_arl, self.lam, self.seed)
-                ref.discard_held_out_vectors()
-            return step
+            if not ref.calibrated:
+                return EmbeddingStep(distance, cosine, False)
+            self.mewma = MewmaDetector(ref, self.target_arl, self.lam, self.seed)
+            ref.discard_held_out_vectors()
+            scores = tuple(ref.distance_score(d) for d in ref.held_out_distances)
+            return EmbeddingStep(distance, cosine, False, scores)
         if self.mewma.update(v):
             self.relearn()
-            return EmbeddingStep(step.distance, step.cosine, True)
-        return step
+            return EmbeddingStep(distance, cosine, True)
+        return EmbeddingStep(distance, cosine, False, (ref.distance_score(distance),))
 
     def statistics(self) -> dict[str, tuple[float, float]]:
         """detector → (statistic, threshold), like ``FeatureStream.statistics``."""

@@ -20,7 +20,8 @@ from driftmon.core.detectors import (
 )
 from driftmon.core.embeddings import EmbeddingStream, Vector
 
-SNAPSHOT_VERSION = 2  # 2: warm-up buffers as float32, none for 0/1 features
+SNAPSHOT_VERSION = 3  # 2: warm-up buffers as float32, none for 0/1 features; 3: compiled
+# FeatureStream fields, embedding_distance fed as normal scores
 
 
 @dataclass(slots=True)
@@ -66,6 +67,19 @@ class KeyState:
     last_seen: float | None = None
     streams: dict[str, FeatureStream] = field(default_factory=dict)
     embedding: EmbeddingStream | None = None
+
+    def display(self, feature: str, value: float) -> float:
+        """A stream's value in the feature's own units, for metrics and views.
+
+        ``embedding_distance`` streams are fed normal scores (see
+        :meth:`Monitor.update_embedding`); this maps them back to distances. Every other
+        feature is shown as it is fed.
+        """
+        if feature == "embedding_distance" and self.embedding is not None:
+            reference = self.embedding.reference
+            if reference.calibrated:
+                return reference.score_distance(value)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +184,14 @@ class Monitor:
         """Feed one sampled output embedding of a key.
 
         Its Mahalanobis distance to the key's reference is the ``embedding_distance``
-        feature (Page-Hinkley and ADWIN like any other); the vector itself feeds the
-        ``mewma`` detector (feature ``embedding``). A detection by either re-learns both,
-        since the distance is measured against the embedding reference.
+        feature (Page-Hinkley and ADWIN like any other), fed as its normal score against
+        the reference's held-out distances (:attr:`EmbeddingStep.scores`: the held-out
+        ones at once when the reference is calibrated, then one per vector), since the
+        distance's own long lower tail defeats the detectors' calibration; a detection
+        reports its baseline and current value mapped back to distances. The vector
+        itself feeds the ``mewma`` detector (feature ``embedding``). A detection by
+        either re-learns both, since the distance is measured against the embedding
+        reference.
         """
         state = self._key(endpoint, model, now)
         emb = state.embedding
@@ -200,11 +219,17 @@ class Monitor:
             distance_stream = state.streams.get("embedding_distance")
             if distance_stream is not None:
                 distance_stream.relearn()
-        elif step.distance is not None:
-            found = self.update(
-                endpoint, model, {"embedding_distance": step.distance}, now, count_event=False
-            )
+        elif step.scores:
+            for score in step.scores:
+                found = self.update(
+                    endpoint, model, {"embedding_distance": score}, now, count_event=False
+                )
+                if found:
+                    break
             if found:
+                for d in found:  # shown in distance units, not scores
+                    d.baseline = state.display(d.feature, d.baseline)
+                    d.current = state.display(d.feature, d.current)
                 emb.relearn()
         return found
 

@@ -1,5 +1,6 @@
 import random
 
+import numpy as np
 import pytest
 
 from driftmon.core.detectors import DetectorConfig
@@ -72,3 +73,44 @@ def test_restore_refuses_other_versions_and_settings():
         m.restore(pickle.dumps({"version": 999})[:-3])
     with pytest.raises(ValueError, match="unreadable"):
         m.restore(b"\x80\x05\x95\x1d\x00\x00\x00\x00\x00\x00\x00\x8c\x08driftmon\x8c\x04Gone\x93.")
+
+
+def _vectors(rng, n, spread=1.0, p=32):
+    centre = np.eye(p)[0]
+    x = centre + spread * 0.2 * rng.normal(size=(n, p)) * np.exp(-np.arange(p) / 8)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_embedding_distance_is_fed_as_normal_scores_and_reported_as_distances():
+    rng = np.random.default_rng(3)
+    cfg = MonitorConfig(events_per_false_alarm=10_000)
+    m = Monitor(cfg, feature_count=lambda _e: 2)
+    for v in _vectors(rng, 399):
+        assert m.update_embedding("a", "m", v, None) == []
+    state = m.get("a", "m")
+    assert state is not None and "embedding_distance" not in state.streams
+    # The 400th vector calibrates the reference: its 200 held-out scores go in at once.
+    m.update_embedding("a", "m", _vectors(rng, 1)[0], None)
+    dist = state.streams["embedding_distance"]
+    assert dist.n == 200 and abs(dist.current) < 1.0
+    for v in _vectors(rng, 300):
+        assert m.update_embedding("a", "m", v, None) == []
+    assert dist.n == 500 and abs(dist.baseline) < 0.2  # scores: centred near 0
+    held_out = state.embedding.reference.held_out_distances
+    # Metrics and views show distances: the score 0 is the held-out median.
+    assert state.display("embedding_distance", 0.0) == pytest.approx(np.median(held_out))
+    assert state.display("output_chars", 0.25) == 0.25
+
+    restored = Monitor(cfg, feature_count=lambda _e: 2)
+    restored.restore(m.snapshot())
+    # Answers closer to the reference: the distance falls, the MEWMA (mean shifts) is quiet.
+    spread = _vectors(rng, 100, spread=0.3)
+    found = [d for v in spread for d in m.update_embedding("a", "m", v, None)]
+    again = [d for v in spread for d in restored.update_embedding("a", "m", v, None)]
+    assert found and [d.as_dict() for d in found] == [d.as_dict() for d in again]
+    d = found[0]
+    assert (d.feature, d.detector) == ("embedding_distance", "page_hinkley")
+    # Shown in distance units: the typical held-out distance, then a smaller one.
+    assert held_out.min() <= d.baseline <= held_out.max()
+    assert abs(d.baseline - np.median(held_out)) < 0.2 * np.median(held_out)
+    assert d.current < d.baseline
