@@ -418,6 +418,11 @@ def kafka_phase(args: argparse.Namespace, pinned: dict[str, Any]) -> dict[str, A
                         args.max_poll_records,
                         Path(tmp) / f"state-emb-{r}",
                         embed_cpu=cpus[1],
+                        profile_to=(
+                            args.profile.with_suffix(".embeddings" + args.profile.suffix)
+                            if args.profile and r == 0
+                            else None
+                        ),
                     )
                     on_off = on["events_per_second"] / daemon["events_per_second"]
                     progress(f"embeddings on: {on['events_per_second']} events/s, {on_off:.3f}x")
@@ -651,7 +656,12 @@ def main() -> None:
     ap.add_argument("--distinct-per-key", type=int, default=4, help="memory run, cycled")
     ap.add_argument("--skip-kafka", action="store_true", help="memory measurement only")
     ap.add_argument("--skip-memory", action="store_true", help="Kafka phases only")
-    ap.add_argument("--profile", type=Path, help="cProfile the first daemon run into FILE")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="cProfile the first daemon run into FILE (with --embeddings, the first "
+        "embeddings-on run too, into FILE with .embeddings before its suffix)",
+    )
     ap.add_argument(
         "--embeddings",
         action="store_true",
