@@ -40,7 +40,6 @@ alarm.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -164,7 +163,7 @@ class EmbeddingReference:
         self._dist_inv = np.zeros(0)  # 1/σ_i² of the distance's directions
         self._dist_inv_rest = 0.0
         self.held_out_distances = np.zeros(0)
-        self._score_d: list[float] = []  # held-out distances, sorted
+        self._score_d = np.zeros(0)  # held-out distances, sorted (a cache, not pickled)
         self.held_out_whitened = np.zeros((0, 0), dtype=np.float32)
         self.held_out_mean = np.zeros(0)
 
@@ -202,11 +201,16 @@ class EmbeddingReference:
                 self.held_out_distances = np.asarray(self._held_out_d)
                 self._held_out, self._held_out_d = [], []
 
-    def _sorted_held_out(self) -> list[float]:
-        table = getattr(self, "_score_d", None)  # absent in references pickled before it
-        if not table or len(table) != self.held_out_distances.size:
-            table = self._score_d = sorted(float(d) for d in self.held_out_distances)
+    def _sorted_held_out(self) -> FloatArray:
+        table: FloatArray | None = getattr(self, "_score_d", None)
+        if table is None or table.size != self.held_out_distances.size:
+            table = self._score_d = np.sort(self.held_out_distances.astype(np.float64))
         return table
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_score_d", None)  # rebuilt from held_out_distances on first use
+        return state
 
     def distance_score(self, d: float) -> float:
         """Normal score of distance ``d`` against the held-out distances (calibrated only).
@@ -218,8 +222,9 @@ class EmbeddingReference:
         model, whatever the shape of the distance's law.
         """
         xs = self._sorted_held_out()
-        n = len(xs)
-        lo, hi = bisect_left(xs, d), bisect_right(xs, d)
+        n = xs.size
+        lo = int(np.searchsorted(xs, d, side="left"))
+        hi = int(np.searchsorted(xs, d, side="right"))
         if hi > lo:  # equal to held-out distances
             u = 0.5 * (lo + hi) / n
         elif lo == 0:
@@ -227,21 +232,21 @@ class EmbeddingReference:
         elif lo == n:
             u = 1.0 - 0.5 / n
         else:
-            a, b = xs[lo - 1], xs[lo]
+            a, b = float(xs[lo - 1]), float(xs[lo])
             u = (lo - 0.5 + (d - a) / (b - a)) / n
         return _NORMAL.inv_cdf(u)
 
     def score_distance(self, score: float) -> float:
         """The distance whose :meth:`distance_score` is ``score`` (inverse, for display)."""
         xs = self._sorted_held_out()
-        n = len(xs)
-        if score != score:
+        n = xs.size
+        if score != score or n == 0:
             return math.nan
-        pos = min(max(_NORMAL.cdf(score) * n - 0.5, 0.0), n - 1.0)
-        i = min(int(pos), n - 2) if n > 1 else 0
         if n == 1:
-            return xs[0]
-        return xs[i] + (pos - i) * (xs[i + 1] - xs[i])
+            return float(xs[0])
+        pos = min(max(_NORMAL.cdf(score) * n - 0.5, 0.0), n - 1.0)
+        i = min(int(pos), n - 2)
+        return float(xs[i] + (pos - i) * (xs[i + 1] - xs[i]))
 
     def discard_held_out_vectors(self) -> None:
         """Free the held-out vectors once the MEWMA threshold is set (the bulk of a key)."""

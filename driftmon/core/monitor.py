@@ -5,6 +5,7 @@ Time is passed in by the caller; the core never reads the wall clock.
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections import OrderedDict
 from collections.abc import Callable
@@ -72,14 +73,15 @@ class KeyState:
         """A stream's value in the feature's own units, for metrics and views.
 
         ``embedding_distance`` streams are fed normal scores (see
-        :meth:`Monitor.update_embedding`); this maps them back to distances. Every other
-        feature is shown as it is fed.
+        :meth:`Monitor.update_embedding`); this maps them back to distances (NaN while
+        the embedding reference is being learned again: there is no scale yet). Every
+        other feature is shown as it is fed.
         """
-        if feature == "embedding_distance" and self.embedding is not None:
-            reference = self.embedding.reference
-            if reference.calibrated:
-                return reference.score_distance(value)
-        return value
+        if feature != "embedding_distance":
+            return value
+        if self.embedding is None or not self.embedding.reference.calibrated:
+            return math.nan
+        return self.embedding.reference.score_distance(value)
 
 
 @dataclass(frozen=True, slots=True)

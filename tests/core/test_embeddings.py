@@ -312,3 +312,7 @@ def test_distance_scores_are_near_normal_where_distances_have_a_long_lower_tail(
     ]
     back = [ref.score_distance(ref.distance_score(d)) for d in inside]
     assert np.allclose(back, inside)
+    # The sorted table is a cache: not pickled, rebuilt to the same scores.
+    restored = pickle.loads(pickle.dumps(ref))
+    assert "_score_d" not in restored.__dict__
+    assert [restored.distance_score(d) for d in distances[:50]] == list(scores[:50])

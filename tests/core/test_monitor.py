@@ -114,3 +114,6 @@ def test_embedding_distance_is_fed_as_normal_scores_and_reported_as_distances():
     assert held_out.min() <= d.baseline <= held_out.max()
     assert abs(d.baseline - np.median(held_out)) < 0.2 * np.median(held_out)
     assert d.current < d.baseline
+    # The detection re-learns the embedding reference: no distance scale to show yet.
+    assert not state.embedding.reference.calibrated
+    assert np.isnan(state.display("embedding_distance", 0.0))
