@@ -18,7 +18,7 @@ from driftmon import logs
 from driftmon.core.monitor import Detection
 from driftmon.daemon import Daemon
 from driftmon.settings import Settings
-from driftmon.synthetic import default_demo_stream
+from driftmon.synthetic import Upgrade, default_demo_stream
 from driftmon.tansu import BrokerUnavailable, EmbeddedBroker, free_port
 
 TOPIC = "llm-outputs"
@@ -51,9 +51,20 @@ def _settings(bootstrap: str, state_dir: str, metrics_port: int) -> Settings:
     )
 
 
-def _produce(bootstrap: str, lines: list[str], stop: threading.Event, sent: list[int]) -> None:
+def _produce(
+    bootstrap: str,
+    lines: list[str],
+    stop: threading.Event,
+    sent: list[int],
+    upgrade: Upgrade,
+    upgrade_at: dict[str, int],
+) -> None:
+    """Produce ``lines`` keyed by endpoint at a steady rate. Records where the upgraded
+    endpoint's first upgraded event landed in ``upgrade_at`` (``partition``, ``offset``):
+    the daemon's detections are partition offsets, not stream indices."""
     producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=10)
     start = time.monotonic()
+    marked = False
     for i, line in enumerate(lines):
         if stop.is_set():
             break
@@ -64,17 +75,36 @@ def _produce(bootstrap: str, lines: list[str], stop: threading.Event, sent: list
             key = line.split('"endpoint": "', 1)[1].split('"', 1)[0].encode()
         except IndexError:
             key = b"unparsable"
-        producer.send(TOPIC, value=line.encode(), key=key)
+        future = producer.send(TOPIC, value=line.encode(), key=key)
+        if not marked and i >= upgrade.at_event and key == upgrade.endpoint.encode():
+            marked = True
+            future.add_callback(
+                lambda md: upgrade_at.update(partition=md.partition, offset=md.offset)
+            )
         sent[0] = i + 1
     producer.flush()
     producer.close()
 
 
-def _render(daemon: Daemon, detections: list[Detection], sent: int, total: int, url: str) -> str:
+def _upgrade_line(upgrade: Upgrade, at: dict[str, int]) -> str:
+    where = f" = partition {at['partition']} offset {at['offset']}" if "offset" in at else ""
+    return f"the upgrade started at event {upgrade.at_event:,} of the stream{where}"
+
+
+def _render(
+    daemon: Daemon,
+    detections: list[Detection],
+    sent: int,
+    total: int,
+    url: str,
+    upgrade: Upgrade,
+    upgrade_at: dict[str, int],
+) -> str:
     rows = [
         f"driftmon demo — {sent:,}/{total:,} events produced; metrics at {url}",
-        "silent upgrade: sql-assistant's model starts fencing JSON, adding preambles and "
-        "writing longer at event 6,000",
+        f"silent upgrade: {upgrade.endpoint}'s model starts fencing JSON, adding preambles "
+        "and writing longer;",
+        _upgrade_line(upgrade, upgrade_at) + " (detections show partition offsets)",
         "",
         f"{'endpoint':<15} {'events':>7}  " + "  ".join(f"{f[:12]:>18}" for f in SHOWN_FEATURES),
         f"{'':<15} {'':>7}  " + "  ".join(f"{'now/base  PH stat':>18}" for _ in SHOWN_FEATURES),
@@ -104,7 +134,7 @@ def _render(daemon: Daemon, detections: list[Detection], sent: int, total: int, 
 
 
 def demo(args: argparse.Namespace) -> int:
-    lines, _upgrade = default_demo_stream(seed=0, bad_line_every=997)
+    lines, upgrade = default_demo_stream(seed=0, bad_line_every=997)
     if args.events:
         lines = lines[: args.events]
     tty = sys.stdout.isatty()
@@ -138,8 +168,11 @@ def demo(args: argparse.Namespace) -> int:
             daemon.on_detection = seen
             stop = threading.Event()
             sent = [0]
+            upgrade_at: dict[str, int] = {}
             producer = threading.Thread(
-                target=_produce, args=(broker.bootstrap, lines, stop, sent), daemon=True
+                target=_produce,
+                args=(broker.bootstrap, lines, stop, sent, upgrade, upgrade_at),
+                daemon=True,
             )
             producer.start()
             signal.signal(signal.SIGINT, daemon.request_exit)
@@ -152,7 +185,9 @@ def demo(args: argparse.Namespace) -> int:
                 done_at = None
                 while not daemon.should_exit:
                     consumed = sum(s.pipeline.accepted for s in list(daemon.partitions.values()))
-                    view[0] = _render(daemon, detections, sent[0], len(lines), url)
+                    view[0] = _render(
+                        daemon, detections, sent[0], len(lines), url, upgrade, upgrade_at
+                    )
                     if tty:
                         sys.stdout.write("\x1b[H\x1b[2J" + view[0] + "\n")
                         sys.stdout.flush()
@@ -173,9 +208,7 @@ def demo(args: argparse.Namespace) -> int:
             viewer.join(timeout=3)
             if tty:
                 print("\x1b[H\x1b[2J" + view[0])
-            print(
-                f"\n{len(detections)} detections; the upgrade started at event 6,000 of the stream."
-            )
+            print(f"\n{len(detections)} detections; {_upgrade_line(upgrade, upgrade_at)}.")
             return code
         finally:
             broker.stop()

@@ -28,3 +28,11 @@ def test_demo_detects_the_silent_upgrade_and_exits_cleanly():
     # Only the upgraded endpoint drifts, and its format contract is among what fired.
     assert {endpoint for endpoint, _ in found} == {"sql-assistant"}
     assert "json_valid" in {feature for _, feature in found}
+    # Nothing fired before the upgrade: every detection is at or after the partition
+    # offset where sql-assistant's first upgraded event landed.
+    where = re.search(
+        r"the upgrade started at event 6,000 of the stream = partition \d+ offset (\d+)", out
+    )
+    assert where, out[-2000:]
+    offsets = [int(o) for o in re.findall(r"detection at offset (\d+): sql-assistant/", out)]
+    assert min(offsets) >= int(where.group(1)), (offsets, where.group(0))
