@@ -28,7 +28,12 @@ from prometheus_client import CollectorRegistry
 
 from driftmon import kafka as kafka_io
 from driftmon.alertmanager import AlertSender
-from driftmon.checkpoint import Checkpoint, CheckpointStore, DirectoryCheckpointStore
+from driftmon.checkpoint import (
+    Checkpoint,
+    CheckpointDirectoryError,
+    CheckpointStore,
+    DirectoryCheckpointStore,
+)
 from driftmon.core import compiled_label
 from driftmon.core.detectors import DETECTORS
 from driftmon.core.embeddings import Vector
@@ -54,6 +59,14 @@ class PartitionState:
     # (endpoint, model, feature) → (baseline the detection was made against, wall time)
     active_drifts: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
     detail_keys: set[tuple[str, str]] = field(default_factory=set)  # per-feature gauges out
+
+
+def _series_of(key: KeyState) -> tuple[list[str], tuple[str, ...]]:
+    """The feature and detector label values a key's series may carry."""
+    features = list(key.streams)
+    if key.embedding is not None:
+        features.append("embedding")  # the MEWMA's detections and drift state
+    return features, (*DETECTORS, "mewma")
 
 
 class _EmbeddingPath:
@@ -82,7 +95,12 @@ class _EmbeddingPath:
             on_batch=on_batch,
         )
 
+        self.worker_exited: str | None = None
+
     def submit(self, tp: TopicPartition, event: Event, offset: int, ts: float | None) -> None:
+        if self.worker_exited is not None:
+            self.metrics.embeddings_skipped.labels("worker_exited").inc()
+            return
         self.worker.submit((tp, event.endpoint, event.model), (offset, ts), event.output)
 
     def drain(
@@ -108,9 +126,19 @@ class _EmbeddingPath:
                 error=self.worker.last_error,
             )
         self._skipped_budget, self._dropped, self._failed = budget, full, stats.failed
+        if self.worker_exited is not None:
+            return []
+        try:
+            done = self.worker.drain()
+        except RuntimeError as exc:  # the child died (OOM-killed, say): ingestion goes on
+            self.worker_exited = str(exc)
+            log.error(
+                "embedding worker exited; embeddings are off until driftmon restarts",
+                error=self.worker_exited,
+            )
+            return []
         return [
-            (tp, ep, model, offset, ts, vector)
-            for (tp, ep, model), (offset, ts), vector in self.worker.drain()
+            (tp, ep, model, offset, ts, vector) for (tp, ep, model), (offset, ts), vector in done
         ]
 
 
@@ -225,7 +253,7 @@ class Daemon:
         self.metrics.remove_partition_lag(tp.topic, tp.partition)
 
     def _remove_key_series(self, key: KeyState) -> None:
-        self.metrics.remove_key(key.endpoint, key.model, list(key.streams), DETECTORS)
+        self.metrics.remove_key(key.endpoint, key.model, *_series_of(key))
 
     # -- checkpoints ----------------------------------------------------------------
     def checkpoint(
@@ -295,20 +323,29 @@ class Daemon:
             if state is None:
                 continue
             process = state.pipeline.process
+            dead_letters = self.settings.kafka.dead_letter_topic
+            max_bytes = self.settings.kafka.max_message_bytes
             for rec in records:
                 ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
                 out = process(rec.value if rec.value is not None else b"", rec.offset, ts)
+                # The state now holds this record: move its offset with it, so that a
+                # checkpoint taken after an error later in the batch stays exact.
+                state.next_offset = rec.offset + 1
+                state.events_since_checkpoint += 1
+                n += 1
                 if out.rejection is not None:
                     self.metrics.events_rejected.labels(out.rejection.reason).inc()
                     kafka_io.send_dead_letter(
                         self._producer,
-                        self.settings.kafka.dead_letter_topic,
+                        dead_letters,
                         value=rec.value,
                         key=rec.key,
                         rejection=out.rejection,
                         source_topic=tp.topic,
                         partition=tp.partition,
                         offset=rec.offset,
+                        max_value_bytes=max_bytes,
+                        on_error=self._produce_failed(dead_letters, tp, rec.offset),
                     )
                 elif out.event is not None:
                     key_counts[(out.event.endpoint, out.event.model)] += 1
@@ -316,12 +353,28 @@ class Daemon:
                         self._embedding.submit(tp, out.event, rec.offset, ts)
                 for det in out.detections:
                     self._detected(tp, rec.offset, det, state)
-            n += len(records)
-            state.next_offset = records[-1].offset + 1 if records else state.next_offset
-            state.events_since_checkpoint += len(records)
         for (ep, model), count in key_counts.items():
             self.metrics.events.labels(ep, model).inc(count)
         return n
+
+    def _produce_failed(
+        self, topic: str, tp: TopicPartition, offset: int
+    ) -> Callable[[BaseException], None]:
+        """Count and log a dead letter or detection the producer could not deliver (may
+        run on the producer's thread; never logs the record itself)."""
+
+        def failed(exc: BaseException) -> None:
+            self.metrics.produce_failed.labels(topic).inc()
+            log.warning(
+                "produce failed",
+                topic=topic,
+                source_topic=tp.topic,
+                source_partition=tp.partition,
+                source_offset=offset,
+                error=repr(exc)[:300],
+            )
+
+        return failed
 
     def _detected(
         self, tp: TopicPartition, offset: int, det: Detection, state: PartitionState
@@ -348,12 +401,15 @@ class Daemon:
             events_since_onset=det.key_events,
             detected_at=ts,
         )
-        self._producer.send(
-            self.settings.kafka.detections_topic,
+        topic = self.settings.kafka.detections_topic
+        kafka_io.send_detection(
+            self._producer,
+            topic,
             key=f"{det.endpoint}|{det.model}".encode(),
             value=kafka_io.detection_record(
                 det, topic=tp.topic, partition=tp.partition, offset=offset
             ),
+            on_error=self._produce_failed(topic, tp, offset),
         )
         log.info(
             "drift detected",
@@ -408,7 +464,7 @@ class Daemon:
             for ep, model in state.detail_keys - shown_ids:
                 gone = monitor.get(ep, model)
                 if gone is not None:
-                    m.remove_key_detail(ep, model, list(gone.streams), DETECTORS)
+                    m.remove_key_detail(ep, model, *_series_of(gone))
             state.detail_keys = shown_ids
             for key in shown:
                 for name, stream in key.streams.items():
@@ -427,10 +483,15 @@ class Daemon:
                         m.detector_threshold.labels(*labels, det).set(thr)
             for (ep, model, feature), (_, since) in list(active.items()):
                 key_state = monitor.get(ep, model)
-                watched = key_state.streams.get(feature) if key_state else None
-                quiet = watched is None or (
-                    not watched.learning and watched.events_since_detection >= warmup + quiet_after
-                )
+                if feature == "embedding":  # the MEWMA: quiet once re-fitted, re-calibrated
+                    emb = key_state.embedding if key_state else None
+                    quiet = emb is None or emb.mewma is not None
+                else:
+                    watched = key_state.streams.get(feature) if key_state else None
+                    quiet = watched is None or (
+                        not watched.learning
+                        and watched.events_since_detection >= warmup + quiet_after
+                    )
                 # A backfill can be quiet again within a second: keep the drift visible
                 # long enough for Prometheus to scrape it.
                 if quiet and now - since >= min_active:
@@ -521,6 +582,9 @@ def run(settings: Settings) -> int:
             error=str(exc),
             hint="install them or set DRIFTMON_EMBEDDINGS__ENABLED=false",
         )
+        return EXIT_CONFIG
+    except CheckpointDirectoryError as exc:
+        log.error("state.dir unusable", error=str(exc), hint="set state.dir to a writable volume")
         return EXIT_CONFIG
     signal.signal(signal.SIGTERM, daemon.request_exit)
     signal.signal(signal.SIGINT, daemon.request_exit)

@@ -9,9 +9,11 @@ still work, but a key spread over several partitions is watched separately in ea
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
 
 from driftmon.core.events import Rejection
 from driftmon.core.monitor import Detection
@@ -88,8 +90,18 @@ def send_dead_letter(
     source_topic: str,
     partition: int,
     offset: int,
+    max_value_bytes: int,
+    on_error: Callable[[BaseException], None],
 ) -> None:
-    """Produce the rejected record unchanged, with why and where it came from in headers."""
+    """Produce the rejected record unchanged, with why and where it came from in headers.
+
+    Two records cannot go unchanged: one with neither key nor value (Kafka refuses to
+    produce it) goes with an empty value and ``driftmon-null-value: true``; one longer
+    than ``max_value_bytes`` (rejected as ``too_large``; the producer would refuse it)
+    goes with its first ``max_value_bytes`` bytes and ``driftmon-truncated-from: <bytes>``.
+    A send that fails, at once or later, is reported to ``on_error``, never raised: a
+    dead letter must not stop consumption.
+    """
     headers = list(
         zip(
             DLQ_HEADERS,
@@ -103,7 +115,42 @@ def send_dead_letter(
             strict=True,
         )
     )
-    producer.send(topic, value=value, key=key, headers=headers)
+    if value is None and key is None:
+        value = b""
+        headers.append(("driftmon-null-value", b"true"))
+    elif value is not None and len(value) > max_value_bytes:
+        headers.append(("driftmon-truncated-from", str(len(value)).encode()))
+        value = value[:max_value_bytes]
+    _send(producer, topic, value=value, key=key, headers=headers, on_error=on_error)
+
+
+def _send(
+    producer: KafkaProducer,
+    topic: str,
+    *,
+    value: bytes | None,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    on_error: Callable[[BaseException], None],
+) -> None:
+    try:
+        future = producer.send(topic, value=value, key=key, headers=headers)
+    except (KafkaError, ValueError, TypeError, AssertionError) as exc:
+        on_error(exc)
+    else:
+        future.add_errback(on_error)
+
+
+def send_detection(
+    producer: KafkaProducer,
+    topic: str,
+    *,
+    key: bytes,
+    value: bytes,
+    on_error: Callable[[BaseException], None],
+) -> None:
+    """Produce one detection record; failures go to ``on_error``, never raised."""
+    _send(producer, topic, value=value, key=key, headers=None, on_error=on_error)
 
 
 def detection_record(detection: Detection, *, topic: str, partition: int, offset: int) -> bytes:

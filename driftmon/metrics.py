@@ -116,6 +116,11 @@ class Metrics:
             "driftmon_alert_queue_dropped", "Alerts dropped because the send queue was full."
         )
         self.checkpoints = counter("driftmon_checkpoints", "Checkpoints written.")
+        self.produce_failed = counter(
+            "driftmon_produce_failed",
+            "Dead letters and detection records the producer could not deliver.",
+            ["topic"],
+        )
         self.build_info = gauge(
             "driftmon_build_info",
             "Always 1; labelled with the version and whether the per-event core is compiled.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
@@ -110,6 +111,14 @@ class AlertmanagerSettings(Frozen):
     severity: dict[str, str] = {}
     default_severity: str = "warning"
     generator_url: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https") or "://" not in url:
+                raise ValueError(f"{url!r} must start with http:// or https://")
+        return urls
 
     def token(self) -> str | None:
         if self.bearer_token is not None:

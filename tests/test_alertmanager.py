@@ -391,8 +391,13 @@ def test_without_urls_state_is_kept_and_nothing_is_sent() -> None:
 
 
 def test_url_without_scheme_fails_at_start_up() -> None:
+    # Rejected when the settings load (exit 2, like every configuration error) ...
+    with pytest.raises(ValueError, match="must start with http:// or https://"):
+        AlertmanagerSettings(urls=["alertmanager:9093"])
+    # ... and by the sender itself for settings built without validation.
+    unchecked = AlertmanagerSettings.model_construct(urls=["alertmanager:9093"])
     with pytest.raises(ValueError, match=r"alertmanager\.urls"):
-        AlertSender(AlertmanagerSettings(urls=["alertmanager:9093"]), None)
+        AlertSender(unchecked, None)
 
 
 def test_tls_settings_build_the_ssl_context(tmp_path: Path) -> None:

@@ -199,3 +199,26 @@ def test_server_health_and_readiness(served: tuple[str, _Ready]) -> None:
     assert _get(base + "/readyz")[0] == 200
     assert _get(base + "/metrics?name[]=driftmon_keys")[0] == 200
     assert _get(base + "/nope")[0] == 404
+
+
+def test_an_evicted_keys_embedding_series_go_with_it(registry):
+    # The MEWMA reports as feature "embedding", detector "mewma": not a FeatureStream, so
+    # the key's series list must name it explicitly or its series outlive the key.
+    import numpy as np
+
+    from driftmon.core.monitor import Monitor, MonitorConfig
+    from driftmon.daemon import _series_of
+
+    metrics = Metrics(registry)
+    monitor = Monitor(MonitorConfig(), feature_count=lambda _e: 2)
+    monitor.update_embedding("chat", "m1", np.eye(8)[0], None)
+    monitor.update("chat", "m1", {"output_chars": 1.0}, None)
+    key = monitor.get("chat", "m1")
+    assert key is not None
+    features, detectors = _series_of(key)
+    assert "embedding" in features and "mewma" in detectors
+    metrics.drift_detections.labels("chat", "m1", "embedding", "mewma").inc()
+    metrics.drift_active.labels("chat", "m1", "embedding").set(1)
+    metrics.remove_key("chat", "m1", features, detectors)
+    text = generate_latest(registry).decode()
+    assert 'feature="embedding"' not in text

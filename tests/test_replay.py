@@ -113,6 +113,12 @@ def test_missing_file_and_bad_config_exit_2(tmp_path):
     assert b"detectors.warmup_events" in proc.stderr
     proc = run_cli("check-config", env={"DRIFTMON_LIMITS__MAX_KEYS": "zero"})
     assert proc.returncode == 2 and b"limits.max_keys" in proc.stderr
+    # An Alertmanager URL without a scheme is a configuration error, caught at load time
+    # (before: accepted here, then a traceback and exit 1 from `driftmon run`).
+    proc = run_cli("check-config", env={"DRIFTMON_ALERTMANAGER__URLS": '["am.example:9093"]'})
+    assert proc.returncode == 2 and b"alertmanager.urls" in proc.stderr
+    proc = run_cli("run", env={"DRIFTMON_ALERTMANAGER__URLS": '["am.example:9093"]'})
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
 
 
 def test_check_config_masks_secrets_and_applies_env(tmp_path):

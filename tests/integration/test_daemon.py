@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
+from driftmon import kafka as kafka_io
+from driftmon.core.events import Rejection
 from driftmon.kafka import DLQ_HEADERS
 from driftmon.replay import replay
 from driftmon.settings import Settings
@@ -121,12 +124,16 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_are_counted(broker, tmp_pa
     lines = stream(bad_every=50, n=2000)
     produce(broker.bootstrap, TOPIC, lines)
     produce(broker.bootstrap, TOPIC, [b"\xff\xfe not utf-8", b"x" * 200_000])
+    # Larger than the daemon's producer may send (1 MiB): it must be truncated, not crash.
+    big = KafkaProducer(bootstrap_servers=[broker.bootstrap], max_request_size=4_000_000)
+    big.send(TOPIC, value=b"y" * 1_500_000).get(timeout=30)
+    big.close()
     cfg = settings_for(
         broker, tmp_path, kafka={"max_message_bytes": 100_000}, metrics={"max_detail_keys": 1}
     )
     with running(DaemonProcess(tmp_path, cfg)) as daemon:
         daemon.wait_ready()
-        wait_consumed(daemon, len(lines) + 2)
+        wait_consumed(daemon, len(lines) + 3)
         body = daemon.metrics()
 
         # Per-feature gauges only for the most recent key (none drifts in 2000 events);
@@ -141,7 +148,7 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_are_counted(broker, tmp_pa
         wait_for(lambda: len(detail_endpoints()) == 1, timeout=20, every=0.5)
         assert len(_key_counts(daemon)) == 4
     dead = consume_all(broker.bootstrap, "driftmon.dead-letter")
-    assert len(dead) == 2000 // 50 + 2
+    assert len(dead) == 2000 // 50 + 3
     reasons: dict[str, int] = {}
     for rec in dead:
         headers = dict(rec.headers)
@@ -154,9 +161,44 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_are_counted(broker, tmp_pa
         original = lines[offset].encode() if offset < len(lines) else None
         if original is not None:
             assert rec.value == original  # produced unchanged
-    assert reasons["too_large"] == 1
+        elif headers["driftmon-reason"] == b"too_large":  # cut to max_message_bytes
+            assert headers["driftmon-truncated-from"] in (b"200000", b"1500000")
+            assert len(rec.value) == 100_000 and rec.value[:1] in (b"x", b"y")
+    assert reasons["too_large"] == 2
     for reason, count in reasons.items():
         assert metric(body, "driftmon_events_rejected_total", reason=reason) == count
+
+
+def test_dead_letters_kafka_refuses_are_adapted_or_reported_never_raised(broker):
+    producer = KafkaProducer(bootstrap_servers=[broker.bootstrap])
+    errors: list[BaseException] = []
+    common = {
+        "rejection": Rejection("not_json", "empty record"),
+        "source_topic": TOPIC,
+        "partition": 0,
+        "on_error": errors.append,
+    }
+    # Neither key nor value (a tombstone from another client): Kafka refuses to produce it.
+    kafka_io.send_dead_letter(
+        producer, "dlq-test", value=None, key=None, offset=7, max_value_bytes=10**6, **common
+    )
+    # Too big for this producer and not cut (a limit above the producer's): reported.
+    kafka_io.send_dead_letter(
+        producer,
+        "dlq-test",
+        value=b"z" * 2_000_000,
+        key=None,
+        offset=8,
+        max_value_bytes=10**7,
+        **common,
+    )
+    producer.flush()
+    producer.close()
+    assert len(errors) == 1 and "MessageSizeTooLarge" in type(errors[0]).__name__
+    (rec,) = consume_all(broker.bootstrap, "dlq-test")
+    headers = dict(rec.headers)
+    assert rec.value == b"" and headers["driftmon-null-value"] == b"true"
+    assert headers["driftmon-source-offset"] == b"7"
 
 
 def test_sigterm_is_clean_and_resumes_without_loss(broker, tmp_path):
