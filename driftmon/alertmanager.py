@@ -149,6 +149,13 @@ class AlertSender:
                 self._pending_resolves[key] = resolved
                 self._enqueue(resolved)
 
+    def forget(self, endpoint: str, model: str, feature: str) -> None:
+        """Stop re-sending a firing alert without resolving it (its key moved to another
+        consumer or away from this one): the last ``endsAt`` sent lets it expire unless
+        the key's new owner fires it again."""
+        with self._cond:
+            self._firing.pop((endpoint, model, feature), None)
+
     def tick(self) -> None:
         """Re-send firing alerts and undelivered resolves when the resend interval is due."""
         now = self._clock()
@@ -356,7 +363,7 @@ def _annotations(
         "summary": f"{feature} drifted on {endpoint} / {model}",
         "description": (
             f"{feature} moved from baseline {baseline:.4g} to {current:.4g} "
-            f"(detector {detector}, {events_since_onset} events since onset)"
+            f"(detector {detector}, at event {events_since_onset} of this key)"
         ),
         "detected_at": rfc3339(detected_at),
     }

@@ -250,6 +250,9 @@ class Daemon:
         state = self.partitions.pop(tp)
         for key in state.pipeline.monitor.key_states():
             self._remove_key_series(key)
+        # Not ours to re-send or resolve any more: they expire unless the new owner fires.
+        for ep, model, feature in state.active_drifts:
+            self.alerts.forget(ep, model, feature)
         self.metrics.remove_partition_lag(tp.topic, tp.partition)
 
     def _remove_key_series(self, key: KeyState) -> None:

@@ -171,7 +171,7 @@ def test_payload_labels_annotations_and_times(
     assert chars["annotations"] == {
         "summary": "output_chars drifted on support-chat / gpt-4o",
         "description": "output_chars moved from baseline 6.8 to 7.42 "
-        "(detector page_hinkley, 120 events since onset)",
+        "(detector page_hinkley, at event 120 of this key)",
         "detected_at": "2023-11-14T22:13:20.000Z",
     }
     assert chars["startsAt"] == "2023-11-14T22:13:20.000Z"
@@ -337,6 +337,28 @@ def test_firing_alerts_are_resent_each_interval(metrics: Metrics) -> None:
     (resent,) = recorder.requests[1][1]
     assert resent["endsAt"] == rfc3339(clock.now + 4 * 60)
     assert resent["startsAt"] == rfc3339(DETECTION["detected_at"])
+
+
+def test_a_forgotten_alert_is_neither_resent_nor_resolved(metrics: Metrics) -> None:
+    # Its partition moved away: the last endsAt lets Alertmanager expire it.
+    recorder = Recorder()
+    clock = Clock()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(urls=[url], resend_interval_seconds=60)
+        with sender(settings, metrics, clock=clock) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            alerts.fire("chat", "m1", "refusal", **DETECTION)
+            wait_for(lambda: sum(len(body) for _, body in recorder.requests) == 2)
+            alerts.forget("chat", "m1", "output_chars")
+            assert alerts.active() == {("chat", "m1", "refusal")}
+            alerts.resolve("chat", "m1", "output_chars")  # no longer ours: a no-op
+            clock.now += 60
+            alerts.tick()
+            wait_for(lambda: recorder.count() >= 2)
+            time.sleep(0.2)
+    later = [alert for _, body in recorder.requests[1:] for alert in body]
+    assert [a["labels"]["feature"] for a in later] == ["refusal"]
+    assert later[0]["endsAt"] == rfc3339(clock.now + 4 * 60)
 
 
 def test_undelivered_resolve_is_kept_until_delivered(
