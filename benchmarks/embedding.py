@@ -17,25 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from answers import DATA, real_answers
+
 from driftmon.embedding import EmbeddingWorker, load_embedder
 from driftmon.replay import replay
 from driftmon.settings import Settings
 from driftmon.synthetic import generate
-
-DATA = Path(__file__).resolve().parents[2] / "shared/data/llm_outputs/alpaca_eval/gpt4_0613.jsonl"
-
-
-def real_answers(n: int) -> list[str]:
-    """``n`` real answers (third-party data, read in place, never copied)."""
-    out = []
-    with open(DATA, encoding="utf-8") as fh:
-        for line in fh:
-            text = json.loads(line).get("output")
-            if isinstance(text, str) and text.strip():
-                out.append(text)
-            if len(out) == n:
-                break
-    return out
 
 
 def worker_vs_encode(texts: list[str], repeats: int) -> dict[str, Any]:

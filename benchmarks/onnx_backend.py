@@ -31,21 +31,9 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/llm_outputs/alpaca_eval/gpt4_0613.jsonl"
-BATCH = 16
+from answers import real_answers
 
-
-def real_answers(n: int) -> list[str]:
-    """``n`` real answers (third-party data, read in place, never copied)."""
-    out = []
-    with open(DATA, encoding="utf-8") as fh:
-        for line in fh:
-            text = json.loads(line).get("output")
-            if isinstance(text, str) and text.strip():
-                out.append(text)
-            if len(out) == n:
-                break
-    return out
+BATCH = 16  # driftmon's default embeddings.batch_size
 
 
 def model_dir() -> Path:

@@ -79,6 +79,16 @@ def wait_consumed(daemon: DaemonProcess, n: int, timeout: float = 120.0) -> None
     wait_for(lambda: daemon.events_seen() >= n, timeout=timeout, every=0.5)
 
 
+def consume_then_sigterm(daemon: DaemonProcess, n: int) -> DaemonProcess:
+    """Run the daemon until it has read ``n`` events, then stop it with SIGTERM: exit 0."""
+    with running(daemon):
+        daemon.wait_ready()
+        wait_consumed(daemon, n)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(timeout=40) == 0, daemon.tail()
+    return daemon
+
+
 @needs_alertmanager
 def test_shift_fires_one_alert_per_drifting_feature(broker, tmp_path):
     am = Alertmanager(tmp_path / "am").start()
@@ -205,12 +215,7 @@ def test_sigterm_is_clean_and_resumes_without_loss(broker, tmp_path):
     lines = stream()
     cfg = settings_for(broker, tmp_path)
     produce(broker.bootstrap, TOPIC, lines[:5000])
-    first = DaemonProcess(tmp_path, cfg)
-    with running(first):
-        first.wait_ready()
-        wait_consumed(first, 5000)
-        first.signal(signal.SIGTERM)
-        assert first.wait(timeout=40) == 0, first.tail()
+    first = consume_then_sigterm(DaemonProcess(tmp_path, cfg), 5000)
     assert "checkpoint" in first.log.read_text()
     produce(broker.bootstrap, TOPIC, lines[5000:])
     second = DaemonProcess(tmp_path, cfg)
@@ -229,12 +234,7 @@ def test_a_checkpoint_of_other_detector_settings_starts_fresh_without_loss(broke
     # says so, learns afresh from the committed offset, and loses no record.
     lines = stream(n=6000)
     produce(broker.bootstrap, TOPIC, lines[:3000])
-    first = DaemonProcess(tmp_path, settings_for(broker, tmp_path))
-    with running(first):
-        first.wait_ready()
-        wait_consumed(first, 3000)
-        first.signal(signal.SIGTERM)
-        assert first.wait(timeout=40) == 0, first.tail()
+    first = consume_then_sigterm(DaemonProcess(tmp_path, settings_for(broker, tmp_path)), 3000)
     produce(broker.bootstrap, TOPIC, lines[3000:])
     earlier_log = len(first.log.read_text())
     changed = settings_for(broker, tmp_path, detectors={"events_per_false_alarm": 250_000})
