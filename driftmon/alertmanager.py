@@ -1,8 +1,10 @@
 """Drift alerts out to Alertmanager (API v2, ``POST /api/v2/alerts``; SPEC §6).
 
-The truth is two dicts: alerts currently firing, and resolves not yet delivered. The send queue
-is only transport: whatever it drops or fails to deliver, the next resend covers. One background
-thread does all network I/O, so ``fire()`` and ``resolve()`` never wait for Alertmanager.
+The truth is two dicts: alerts currently firing, and resolves not yet delivered everywhere. The
+send queues are only transport: whatever they drop or fail to deliver, the next resend covers.
+Each Alertmanager URL (the replicas of one HA cluster, usually) has its own queue and background
+thread, so ``fire()`` and ``resolve()`` never wait for Alertmanager, and a down replica never
+delays delivery to the others.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -51,6 +53,16 @@ class _Alert:
     ends_at: float | None
 
 
+@dataclass(eq=False)
+class _Target:
+    """One Alertmanager URL: its own queue and sender thread (the lock is shared)."""
+
+    url: str
+    cond: threading.Condition
+    queue: OrderedDict[AlertKey, _Alert] = field(default_factory=OrderedDict)
+    thread: threading.Thread | None = None
+
+
 class AlertSender:
     """Keeps drift alerts firing in Alertmanager, resolves them, never blocks the caller.
 
@@ -80,21 +92,24 @@ class AlertSender:
         self.max_backoff = max_backoff
         self._metrics = metrics
         self._clock = clock
-        self._endpoints = [_alerts_endpoint(url) for url in settings.urls]
+        endpoints = [_alerts_endpoint(url) for url in settings.urls]
         self._ssl_context = ssl_context(settings)
+        self._lock = threading.Lock()
+        self._targets = [_Target(url, threading.Condition(self._lock)) for url in endpoints]
         self._firing: dict[AlertKey, _Alert] = {}
-        self._pending_resolves: dict[AlertKey, _Alert] = {}
-        self._queue: OrderedDict[AlertKey, _Alert] = OrderedDict()
-        self._cond = threading.Condition()
+        # A resolve stays pending until every URL has taken it (or refused it for good).
+        self._pending_resolves: dict[AlertKey, tuple[_Alert, set[_Target]]] = {}
         self._next_resend = clock() + settings.resend_interval_seconds
         self._deadline: float | None = None
         self._abort = threading.Event()
-        self._thread: threading.Thread | None = None
-        if self._endpoints:
-            self._thread = threading.Thread(
-                target=self._run, name="driftmon-alertmanager", daemon=True
+        for i, target in enumerate(self._targets):
+            target.thread = threading.Thread(
+                target=self._run,
+                args=(target,),
+                name=f"driftmon-alertmanager-{i}",
+                daemon=True,
             )
-            self._thread.start()
+            target.thread.start()
 
     def fire(
         self,
@@ -113,7 +128,7 @@ class AlertSender:
         ``detected_at`` (epoch seconds) becomes startsAt and the ``detected_at`` annotation.
         """
         key = (endpoint, model, feature)
-        with self._cond:
+        with self._lock:
             previous = self._firing.get(key)
             alert = _Alert(
                 key=key,
@@ -129,12 +144,12 @@ class AlertSender:
             )
             self._firing[key] = alert
             self._pending_resolves.pop(key, None)
-            self._enqueue(alert)
+            self._enqueue(alert, self._targets)
 
     def resolve(self, endpoint: str, model: str, feature: str) -> None:
         """Post the alert once with endsAt = now (kept until delivered); no-op if not firing."""
         key = (endpoint, model, feature)
-        with self._cond:
+        with self._lock:
             firing = self._firing.pop(key, None)
             if firing is None:
                 return
@@ -145,15 +160,15 @@ class AlertSender:
                 starts_at=firing.starts_at,
                 ends_at=max(self._clock(), firing.starts_at),
             )
-            if self._thread is not None:
-                self._pending_resolves[key] = resolved
-                self._enqueue(resolved)
+            if self._targets:
+                self._pending_resolves[key] = (resolved, set(self._targets))
+                self._enqueue(resolved, self._targets)
 
     def forget(self, endpoint: str, model: str, feature: str) -> None:
         """Stop re-sending a firing alert without resolving it (its key moved to another
         consumer or away from this one): the last ``endsAt`` sent lets it expire unless
         the key's new owner fires it again."""
-        with self._cond:
+        with self._lock:
             self._firing.pop((endpoint, model, feature), None)
 
     def tick(self) -> None:
@@ -161,42 +176,52 @@ class AlertSender:
         now = self._clock()
         if now < self._next_resend:
             return
-        with self._cond:
+        with self._lock:
             self._next_resend = now + self.settings.resend_interval_seconds
-            for alert in (*self._firing.values(), *self._pending_resolves.values()):
-                self._enqueue(alert)
+            for alert in self._firing.values():
+                self._enqueue(alert, self._targets)
+            for alert, unsettled in self._pending_resolves.values():
+                self._enqueue(alert, unsettled)
 
     def active(self) -> set[AlertKey]:
         """Keys currently firing."""
-        with self._cond:
+        with self._lock:
             return set(self._firing)
 
     def queued(self) -> int:
-        """Alerts waiting for the sender thread (not counting a batch being sent)."""
-        with self._cond:
-            return len(self._queue)
+        """Alerts waiting for sender threads, summed over URLs (not counting batches being
+        sent)."""
+        with self._lock:
+            return sum(len(target.queue) for target in self._targets)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Deliver what can be delivered within ``timeout`` seconds, then stop the thread.
+        """Deliver what can be delivered within ``timeout`` seconds, then stop the threads.
 
         Firing alerts are left firing: they resolve in Alertmanager when their endsAt passes.
         """
-        with self._cond:
+        with self._lock:
             if self._deadline is None:
                 self._deadline = time.monotonic() + timeout
-            self._cond.notify_all()
-        if self._thread is None:
-            return
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+            self._notify_all()
+        end = time.monotonic() + timeout
+        for target in self._targets:
+            assert target.thread is not None
+            target.thread.join(max(end - time.monotonic(), 0.0))
+        if any(t.thread is not None and t.thread.is_alive() for t in self._targets):
             self._abort.set()
-            with self._cond:
-                self._cond.notify_all()
-            self._thread.join(0.5)
-        with self._cond:
-            unsent = len(self._queue)
+            with self._lock:
+                self._notify_all()
+            for target in self._targets:
+                assert target.thread is not None
+                target.thread.join(0.5)
+        with self._lock:
+            unsent = {t.url: len(t.queue) for t in self._targets if t.queue}
         if unsent:
             log.warning("alerts not delivered before shutdown", alerts=unsent)
+
+    def _notify_all(self) -> None:
+        for target in self._targets:
+            target.cond.notify_all()
 
     def _labels(self, key: AlertKey) -> dict[str, str]:
         endpoint, model, feature = key
@@ -211,46 +236,50 @@ class AlertSender:
             "severity": severity,
         }
 
-    def _enqueue(self, alert: _Alert) -> None:
+    def _enqueue(self, alert: _Alert, targets: Iterable[_Target]) -> None:
         """Queue under the lock; a key already queued is replaced, never duplicated."""
-        if self._thread is None or self._deadline is not None:
+        if self._deadline is not None:
             return
-        if alert.key in self._queue:
-            del self._queue[alert.key]
-        elif len(self._queue) >= self.settings.queue_size:
-            self._queue.popitem(last=False)
-            if self._metrics is not None:
-                self._metrics.alert_queue_dropped.inc()
-        self._queue[alert.key] = alert
-        self._cond.notify()
+        for target in targets:
+            queue = target.queue
+            if alert.key in queue:
+                del queue[alert.key]
+            elif len(queue) >= self.settings.queue_size:
+                queue.popitem(last=False)
+                if self._metrics is not None:
+                    self._metrics.alert_queue_dropped.inc()
+            queue[alert.key] = alert
+            target.cond.notify()
 
-    def _run(self) -> None:
+    def _run(self, target: _Target) -> None:
         while True:
-            with self._cond:
-                while not self._queue and self._deadline is None:
-                    self._cond.wait()
-                if not self._queue or self._abort.is_set():
+            with self._lock:
+                while not target.queue and self._deadline is None:
+                    target.cond.wait()
+                if not target.queue or self._abort.is_set():
                     return
-                count = min(len(self._queue), MAX_ALERTS_PER_POST)
-                batch = [self._queue.popitem(last=False)[1] for _ in range(count)]
-            self._deliver(batch)
+                count = min(len(target.queue), MAX_ALERTS_PER_POST)
+                batch = [target.queue.popitem(last=False)[1] for _ in range(count)]
+            self._deliver(target, batch)
 
-    def _deliver(self, batch: list[_Alert]) -> None:
-        settled = True
-        for url in self._endpoints:
-            outcome = self._post_with_retries(url, batch)
-            if self._metrics is not None:
-                self._metrics.alerts_sent.labels(outcome).inc(len(batch))
-            # A rejected alert will never be accepted: retrying it forever helps nobody.
-            settled = settled and outcome != "error"
-        if not settled:
+    def _deliver(self, target: _Target, batch: list[_Alert]) -> None:
+        outcome = self._post_with_retries(target, batch)
+        if self._metrics is not None:
+            self._metrics.alerts_sent.labels(outcome).inc(len(batch))
+        # A rejected alert will never be accepted: retrying it forever helps nobody.
+        if outcome == "error":
             return
-        with self._cond:
+        with self._lock:
             for alert in batch:
-                if alert.ends_at is not None and self._pending_resolves.get(alert.key) is alert:
+                pending = self._pending_resolves.get(alert.key)
+                if alert.ends_at is None or pending is None or pending[0] is not alert:
+                    continue
+                pending[1].discard(target)
+                if not pending[1]:
                     del self._pending_resolves[alert.key]
 
-    def _post_with_retries(self, url: str, batch: list[_Alert]) -> Outcome:
+    def _post_with_retries(self, target: _Target, batch: list[_Alert]) -> Outcome:
+        url = target.url
         delay = self.initial_backoff
         error = ""
         attempts = 0
@@ -278,7 +307,7 @@ class AlertSender:
                 log.debug("alerts sent", url=url, alerts=len(batch), attempts=attempts)
                 return "ok"
             log.debug("alertmanager send failed", url=url, error=error, attempt=attempts)
-            if attempts > self.settings.max_retries or not self._pause(delay):
+            if attempts > self.settings.max_retries or not self._pause(target, delay):
                 break
             delay = min(delay * 2, self.max_backoff)
         log.warning(
@@ -298,10 +327,10 @@ class AlertSender:
             return limit
         return min(limit, self._deadline - time.monotonic())
 
-    def _pause(self, delay: float) -> bool:
+    def _pause(self, target: _Target, delay: float) -> bool:
         """Sleep between retries; False when shutdown leaves no time for another attempt."""
         end = time.monotonic() + delay
-        with self._cond:
+        with self._lock:
             while not self._abort.is_set():
                 if self._deadline is not None and self._deadline < end:
                     return False
@@ -309,7 +338,7 @@ class AlertSender:
                 if remaining <= 0:
                     return True
                 # close() notifies, so a shutdown does not sit out a long backoff.
-                self._cond.wait(remaining)
+                target.cond.wait(remaining)
         return False
 
     def _payload(self, batch: list[_Alert]) -> bytes:

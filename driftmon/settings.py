@@ -105,7 +105,7 @@ class AlertmanagerSettings(Frozen):
     # ...and not before this long after the detection, so a fast backfill's drifts stay
     # visible to Prometheus scrapes.
     min_active_seconds: float = Field(300.0, ge=0)
-    queue_size: int = Field(10_000, ge=1)
+    queue_size: int = Field(10_000, ge=1)  # per URL: each has its own queue and sender
     max_retries: int = Field(8, ge=0)
     static_labels: dict[str, str] = {}
     severity: dict[str, str] = {}

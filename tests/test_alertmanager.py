@@ -319,6 +319,60 @@ def test_fire_and_resolve_never_block_on_a_hung_alertmanager(metrics: Metrics) -
         assert time.monotonic() - started < 2.0
 
 
+def test_a_hung_alertmanager_does_not_delay_the_others(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    # Two replicas of one HA Alertmanager, one of them hung: each URL has its own sender.
+    recorder = Recorder()
+    with socket.socket() as hung, recording_server(recorder) as live:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        urls = [f"http://127.0.0.1:{hung.getsockname()[1]}", live]
+        settings = AlertmanagerSettings(urls=urls, timeout_seconds=30, max_retries=5)
+        with sender(settings, metrics) as alerts:
+            started = time.monotonic()
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: recorder.count() == 1, timeout=5)
+            assert time.monotonic() - started < 5  # not behind the hung URL's 30 s timeout
+            alerts.fire("chat", "m1", "refusal", **DETECTION)
+            wait_for(lambda: recorder.count() == 2, timeout=5)
+            assert sent(registry, "ok") == 2
+            assert sent(registry, "error") == 0  # the hung one is still in its first attempt
+    assert [a["labels"]["feature"] for _, body in recorder.requests for a in body] == [
+        "output_chars",
+        "refusal",
+    ]
+
+
+def test_a_resolve_is_resent_only_where_it_was_not_delivered(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    flaky = Recorder(statuses=[200, 503])  # takes the firing alert, fails the resolve once
+    steady = Recorder()
+    clock = Clock()
+    with recording_server(flaky) as flaky_url, recording_server(steady) as steady_url:
+        settings = AlertmanagerSettings(
+            urls=[flaky_url, steady_url], max_retries=0, resend_interval_seconds=60
+        )
+        with sender(settings, metrics, clock=clock) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: flaky.count() == steady.count() == 1)
+            alerts.resolve("chat", "m1", "output_chars")
+            resolved_at = clock.now
+            wait_for(lambda: flaky.count() == steady.count() == 2)
+            wait_for(lambda: sent(registry, "error") == 1)
+            clock.now += 60
+            alerts.tick()  # re-sent to the flaky URL only
+            wait_for(lambda: flaky.count() == 3)
+            clock.now += 60
+            alerts.tick()  # delivered everywhere: nothing left to send
+            time.sleep(0.3)
+    assert (flaky.count(), steady.count()) == (3, 2)
+    for recorder in (flaky, steady):
+        (last,) = recorder.requests[-1][1]
+        assert last["endsAt"] == rfc3339(resolved_at)
+
+
 def test_firing_alerts_are_resent_each_interval(metrics: Metrics) -> None:
     recorder = Recorder()
     clock = Clock()
@@ -530,6 +584,25 @@ def test_resolved_alert_leaves_the_active_alerts(alertmanager: str, metrics: Met
         wait_for(lambda: len(am_alerts(alertmanager)) == 2)
         alerts.resolve("chat", "m1", "output_chars")
         wait_for(lambda: [a["labels"]["feature"] for a in am_alerts(alertmanager)] == ["refusal"])
+
+
+@pytest.mark.integration
+@needs_alertmanager
+def test_both_replicas_get_the_alert_while_one_comes_up_late(
+    tmp_path: Path, registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    late_port = free_port()
+    with run_alertmanager(tmp_path / "am-a", free_port()) as up:
+        settings = AlertmanagerSettings(
+            urls=[f"http://127.0.0.1:{late_port}", up], max_retries=1000
+        )
+        with sender(settings, metrics, initial_backoff=0.1, max_backoff=0.5) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **{**DETECTION, "detected_at": time.time()})
+            wait_for(lambda: len(am_alerts(up)) == 1, timeout=10)
+            with run_alertmanager(tmp_path / "am-b", late_port) as late:
+                wait_for(lambda: len(am_alerts(late)) == 1, timeout=20)
+                alerts.resolve("chat", "m1", "output_chars")
+                wait_for(lambda: am_alerts(up) == am_alerts(late) == [], timeout=20)
 
 
 @pytest.mark.integration
