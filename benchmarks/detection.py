@@ -113,11 +113,17 @@ def run_pair(
         before = [d for d in detections if d.event_index < PER_SIDE]
         after = [d for d in detections if d.event_index >= PER_SIDE]
         first = min((d.event_index for d in after), default=None)
+        first_det = next((d for d in after if d.event_index == first), None)
         runs.append(
             {
                 "seed": seed,
                 "detected": first is not None,
                 "delay": None if first is None else first - PER_SIDE,
+                # Where the first detection's detector puts the start of the change (one
+                # key, one value per event: its index in the stream), minus the switch.
+                "onset_error": None
+                if first_det is None or first_det.events_since_onset is None
+                else first_det.event_index - first_det.events_since_onset + 1 - PER_SIDE,
                 "features_fired": sorted({f"{d.feature}/{d.detector}" for d in after}),
                 "first_feature": next(
                     (f"{d.feature}/{d.detector}" for d in after if d.event_index == first), None
@@ -128,12 +134,14 @@ def run_pair(
             }
         )
     delays = [r["delay"] for r in runs if r["delay"] is not None]
+    onset_errors = [abs(r["onset_error"]) for r in runs if r["onset_error"] is not None]
     return {
         "pair": f"{a_name} -> {b_name}",
         "kind": kind,
         "detected_runs": sum(r["detected"] for r in runs),
         "runs": len(runs),
         "median_delay": statistics.median(delays) if delays else None,
+        "median_abs_onset_error": statistics.median(onset_errors) if onset_errors else None,
         "alarms_before_switch": sum(len(r["alarms_before_switch"]) for r in runs),
         "details": runs,
     }
@@ -343,10 +351,21 @@ def main() -> None:
         rows.append(row)
     easy = [r for r in rows if r["kind"] in ("length", "format")]
     easy_delays = [r["median_delay"] for r in easy if r["median_delay"] is not None]
+    onset_errors = [
+        abs(d["onset_error"])
+        for r in rows
+        if r["kind"] != "control"
+        for d in r["details"]
+        if d["onset_error"] is not None
+    ]
     summary = {
         "budget_events_per_false_alarm": settings.detectors.events_per_false_alarm,
         "easy_pairs_all_detected": all(r["detected_runs"] == r["runs"] for r in easy),
         "easy_pairs_median_delay": statistics.median(easy_delays) if easy_delays else None,
+        # |estimated onset - switch| of the first detection, in events, over all runs
+        "detected_pairs_median_abs_onset_error": statistics.median(onset_errors)
+        if onset_errors
+        else None,
         "hard_pairs_detected": [
             r["pair"] for r in rows if r["kind"] == "hard" and r["detected_runs"]
         ],

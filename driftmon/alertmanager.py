@@ -69,7 +69,8 @@ class AlertSender:
     >>> from driftmon.settings import AlertmanagerSettings
     >>> sender = AlertSender(AlertmanagerSettings(), None)  # no urls: state only, nothing sent
     >>> sender.fire("chat", "m1", "output_chars", detector="adwin", baseline=6.8,
-    ...             current=7.4, events_since_onset=120, detected_at=1_700_000_000.0)
+    ...             current=7.4, key_events=5120, events_since_onset=120,
+    ...             detected_at=1_700_000_000.0)
     >>> sorted(sender.active())
     [('chat', 'm1', 'output_chars')]
     >>> sender.resolve("chat", "m1", "output_chars")
@@ -120,12 +121,15 @@ class AlertSender:
         detector: str,
         baseline: float,
         current: float,
-        events_since_onset: int,
+        key_events: int,
+        events_since_onset: int | None,
         detected_at: float,
     ) -> None:
         """Mark the alert firing and queue it; a re-fire updates annotations, keeps startsAt.
 
-        ``detected_at`` (epoch seconds) becomes startsAt and the ``detected_at`` annotation.
+        ``detected_at`` (epoch seconds) becomes startsAt and the ``detected_at`` annotation;
+        ``key_events`` is the key's event count at the detection, ``events_since_onset``
+        the detector's estimate of how long the change has been going on (None: none).
         """
         key = (endpoint, model, feature)
         with self._lock:
@@ -134,7 +138,7 @@ class AlertSender:
                 key=key,
                 labels=self._labels(key),
                 annotations=_annotations(
-                    key, detector, baseline, current, events_since_onset, detected_at
+                    key, detector, baseline, current, key_events, events_since_onset, detected_at
                 ),
                 # Alertmanager rejects startsAt after endsAt: clamp event-time clock skew.
                 starts_at=min(detected_at, self._clock())
@@ -384,15 +388,21 @@ def _annotations(
     detector: str,
     baseline: float,
     current: float,
-    events_since_onset: int,
+    key_events: int,
+    events_since_onset: int | None,
     detected_at: float,
 ) -> dict[str, str]:
     endpoint, model, feature = key
+    if events_since_onset is None:
+        onset = ""
+    else:
+        unit = "sampled outputs" if feature == "embedding_distance" else "events"
+        onset = f"{events_since_onset} {unit} since the estimated onset, "
     return {
         "summary": f"{feature} drifted on {endpoint} / {model}",
         "description": (
             f"{feature} moved from baseline {baseline:.4g} to {current:.4g} "
-            f"(detector {detector}, at event {events_since_onset} of this key)"
+            f"(detector {detector}, {onset}detected at event {key_events} of this key)"
         ),
         "detected_at": rfc3339(detected_at),
     }

@@ -1,4 +1,5 @@
-"""Per-partition checkpoints: a Monitor snapshot plus the Kafka offset it reflects.
+"""Per-partition checkpoints: a Monitor snapshot, the drifts active in it, and the Kafka offset
+they reflect.
 
 State and offset live in one record, written atomically, because they must never disagree:
 state ahead of its offset would count records twice after a restart, state behind it would
@@ -16,13 +17,14 @@ to one process (stale temp files are removed on start-up) and be private (the st
 ...     store = DirectoryCheckpointStore(Path(tmp))
 ...     store.save(Checkpoint("llm.outputs", 3, 42, b"state", written_at=1.5))
 ...     store.load("llm.outputs", 3)
-Checkpoint(topic='llm.outputs', partition=3, offset=42, state=b'state', written_at=1.5)
+Checkpoint(topic='llm.outputs', partition=3, offset=42, state=b'state', written_at=1.5, drifts=())
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import tempfile
@@ -31,12 +33,13 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 
 MAGIC: Final = b"DMCK"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2 added the active drifts; version 1 files still load
+_READABLE_VERSIONS: Final = (1, 2)
 # magic, format version, JSON header length, CRC-32 of the JSON header (state has its sha256)
 _PREFIX: Final = struct.Struct(">4sHII")
 _HEADER_FIELDS: Final = ("topic", "partition", "offset", "written_at", "state_sha256", "state_len")
@@ -50,12 +53,76 @@ log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
+class ActiveDrift:
+    """A detection whose alert is still firing: saved with the state it was detected in, so
+    a restarted daemon keeps re-sending the alert and resolves it, rather than letting it
+    expire (or firing it again for a drift the restored state already knows)."""
+
+    endpoint: str
+    model: str
+    feature: str  # a feature stream, or "embedding" for the MEWMA
+    detector: str
+    baseline: float
+    current: float
+    key_events: int  # the key's event count at the detection
+    events_since_onset: int | None  # Detection.events_since_onset
+    detected_at: float  # epoch seconds, event time when known: the alert's startsAt
+    since: float  # epoch seconds, wall time of the detection (min_active_seconds)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.endpoint, self.model, self.feature)
+
+    def to_json(self) -> dict[str, Any]:
+        # JSON has no NaN: a value not known is null.
+        return {
+            name: None if isinstance(value, float) and not math.isfinite(value) else value
+            for name, value in self.__dict__.items()
+        }
+
+    @classmethod
+    def from_json(cls, raw: Any) -> ActiveDrift:
+        if not isinstance(raw, dict) or set(raw) != _DRIFT_FIELDS:
+            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
+        strings = ("endpoint", "model", "feature", "detector")
+        numbers = ("baseline", "current", "detected_at", "since")
+        if not all(isinstance(raw[name], str) for name in strings):
+            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
+        if not all(raw[n] is None or type(raw[n]) in (int, float) for n in numbers):
+            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
+        onset = raw["events_since_onset"]
+        if type(raw["key_events"]) is not int or raw["detected_at"] is None:
+            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
+        if onset is not None and type(onset) is not int:
+            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
+        baseline, current, detected_at, since = (
+            math.nan if raw[n] is None else float(raw[n]) for n in numbers
+        )
+        return cls(
+            endpoint=raw["endpoint"],
+            model=raw["model"],
+            feature=raw["feature"],
+            detector=raw["detector"],
+            baseline=baseline,
+            current=current,
+            key_events=raw["key_events"],
+            events_since_onset=onset,
+            detected_at=detected_at,
+            since=since,
+        )
+
+
+_DRIFT_FIELDS: Final = frozenset(ActiveDrift.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     topic: str
     partition: int
     offset: int  # next offset to consume; the state reflects all records before it
     state: bytes  # Monitor.snapshot()
     written_at: float  # epoch seconds, passed in by the caller
+    drifts: tuple[ActiveDrift, ...] = ()  # drifts active in ``state``; small, so in the header
 
     def __post_init__(self) -> None:
         if not self.topic or self.partition < 0 or self.offset < 0:
@@ -86,6 +153,7 @@ def encode(checkpoint: Checkpoint) -> bytes:
             "written_at": checkpoint.written_at,
             "state_sha256": hashlib.sha256(checkpoint.state).hexdigest(),
             "state_len": len(checkpoint.state),
+            "drifts": [drift.to_json() for drift in checkpoint.drifts],
         },
         sort_keys=True,
         allow_nan=False,
@@ -101,7 +169,7 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
     magic, version, header_len, header_crc = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise CorruptCheckpointError(f"bad magic {magic!r}")
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise CorruptCheckpointError(f"format version {version}, expected {FORMAT_VERSION}")
     state_start = _PREFIX.size + header_len
     if state_start > len(data):
@@ -114,7 +182,13 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         found_topic, found_partition, offset, written_at, sha256, state_len = (
             header[name] for name in _HEADER_FIELDS
         )
+        raw_drifts = header["drifts"] if version >= 2 else []
+        if not isinstance(raw_drifts, list):
+            raise CorruptCheckpointError(f"drifts is {type(raw_drifts).__name__}, not a list")
+        drifts = tuple(ActiveDrift.from_json(raw) for raw in raw_drifts)
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        if isinstance(exc, CorruptCheckpointError):
+            raise
         raise CorruptCheckpointError(f"bad header: {exc}") from exc
     state = data[state_start:]
     if (found_topic, found_partition) != (topic, partition):
@@ -125,7 +199,7 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         raise CorruptCheckpointError("state sha256 mismatch")
     if type(offset) is not int or offset < 0 or type(written_at) not in (int, float):
         raise CorruptCheckpointError(f"bad offset {offset!r} or written_at {written_at!r}")
-    return Checkpoint(topic, partition, offset, state, float(written_at))
+    return Checkpoint(topic, partition, offset, state, float(written_at), drifts)
 
 
 def file_name(topic: str, partition: int) -> str:

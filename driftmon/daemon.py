@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from driftmon import kafka as kafka_io
 from driftmon.alertmanager import AlertSender
 from driftmon.checkpoint import (
+    ActiveDrift,
     Checkpoint,
     CheckpointDirectoryError,
     CheckpointStore,
@@ -56,8 +57,9 @@ class PartitionState:
     pipeline: Pipeline
     next_offset: int | None = None
     events_since_checkpoint: int = 0
-    # (endpoint, model, feature) → (baseline the detection was made against, wall time)
-    active_drifts: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
+    # (endpoint, model, feature) → its detection, while the alert fires; checkpointed
+    active_drifts: dict[tuple[str, str, str], ActiveDrift] = field(default_factory=dict)
+    drifts_changed: bool = False  # since the last checkpoint
     detail_keys: set[tuple[str, str]] = field(default_factory=set)  # per-feature gauges out
 
 
@@ -226,13 +228,43 @@ class Daemon:
                 # The state reflects every record before ckpt.offset: resume exactly there.
                 self._consumer.seek(tp, ckpt.offset)
                 state.next_offset = ckpt.offset
+                for drift in ckpt.drifts:
+                    self._activate(drift, state)
+                state.drifts_changed = False  # as saved
             self.partitions[tp] = state
             log.info(
                 "partition assigned",
                 topic=tp.topic,
                 partition=tp.partition,
                 restored_offset=ckpt.offset if ckpt else None,
+                active_drifts=len(ckpt.drifts) if ckpt else 0,
             )
+
+    def _activate(self, drift: ActiveDrift, state: PartitionState) -> None:
+        """Mark a drift active and fire its alert: on detection, and for a drift active in
+        a restored checkpoint (same startsAt, so Alertmanager sees the alert continue; it
+        resolves once its feature is quiet, as if the daemon had never stopped)."""
+        m = self.metrics
+        labels = drift.key
+        state.active_drifts[labels] = drift
+        state.drifts_changed = True
+        # Baseline with the drift flag, not at the next refresh: rules that describe an
+        # active drift read them together.
+        m.feature_baseline.labels(*labels).set(drift.baseline)
+        m.drift_active.labels(*labels).set(1)
+        # Wall time, not event time: rules and dashboards compare it with time().
+        m.last_detection_timestamp.labels(*labels).set(drift.since)
+        self.alerts.fire(
+            drift.endpoint,
+            drift.model,
+            drift.feature,
+            detector=drift.detector,
+            baseline=drift.baseline,
+            current=drift.current,
+            key_events=drift.key_events,
+            events_since_onset=drift.events_since_onset,
+            detected_at=drift.detected_at,
+        )
 
     def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         owned = [tp for tp in revoked if tp in self.partitions]
@@ -267,13 +299,17 @@ class Daemon:
         Inside a rebalance callback the commit is sent without waiting: the state file
         already holds the offset, so a lost commit costs re-reading, never state.
         """
-        # A partition with no new records since its last checkpoint is already saved.
+        # A partition with no new records or drift changes since its last checkpoint is
+        # already saved.
         targets = [
             tp
             for tp in (tps if tps is not None else list(self.partitions))
             if tp in self.partitions
             and self.partitions[tp].next_offset is not None
-            and self.partitions[tp].events_since_checkpoint > 0
+            and (
+                self.partitions[tp].events_since_checkpoint > 0
+                or self.partitions[tp].drifts_changed
+            )
         ]
         if not targets:
             return
@@ -291,9 +327,11 @@ class Daemon:
                     state.next_offset,
                     state.pipeline.monitor.snapshot(),
                     now,
+                    tuple(state.active_drifts.values()),
                 )
             )
             state.events_since_checkpoint = 0
+            state.drifts_changed = False
             offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
         try:
             if blocking_commit:
@@ -386,24 +424,20 @@ class Daemon:
         now = self.clock()
         ts = det.timestamp if det.timestamp is not None else now
         m.drift_detections.labels(det.endpoint, det.model, det.feature, det.detector).inc()
-        # Value and baseline with the drift flag, not at the next refresh: rules that
-        # describe an active drift read them together.
         m.feature_value.labels(det.endpoint, det.model, det.feature).set(det.current)
-        m.feature_baseline.labels(det.endpoint, det.model, det.feature).set(det.baseline)
-        m.drift_active.labels(det.endpoint, det.model, det.feature).set(1)
-        # Wall time, not event time: rules and dashboards compare it with time().
-        m.last_detection_timestamp.labels(det.endpoint, det.model, det.feature).set(now)
-        state.active_drifts[(det.endpoint, det.model, det.feature)] = (det.baseline, now)
-        self.alerts.fire(
-            det.endpoint,
-            det.model,
-            det.feature,
+        drift = ActiveDrift(
+            endpoint=det.endpoint,
+            model=det.model,
+            feature=det.feature,
             detector=det.detector,
             baseline=det.baseline,
             current=det.current,
-            events_since_onset=det.key_events,
+            key_events=det.key_events,
+            events_since_onset=det.events_since_onset,
             detected_at=ts,
+            since=now,
         )
+        self._activate(drift, state)
         topic = self.settings.kafka.detections_topic
         kafka_io.send_detection(
             self._producer,
@@ -422,6 +456,7 @@ class Daemon:
             detector=det.detector,
             baseline=round(det.baseline, 4),
             current=round(det.current, 4),
+            events_since_onset=det.events_since_onset,
             partition=tp.partition,
             offset=offset,
         )
@@ -477,14 +512,14 @@ class Daemon:
                     # While a drift is active, show the baseline it was detected against,
                     # not the one being re-learned from post-change data.
                     m.feature_baseline.labels(*labels).set(
-                        key.display(name, stream.baseline) if drift is None else drift[0]
+                        key.display(name, stream.baseline) if drift is None else drift.baseline
                     )
                     stats = stream.statistics()
                     for det in DETECTORS:  # NaN while re-learning: no detector runs
                         stat, thr = stats.get(det, (math.nan, math.nan))
                         m.detector_statistic.labels(*labels, det).set(stat)
                         m.detector_threshold.labels(*labels, det).set(thr)
-            for (ep, model, feature), (_, since) in list(active.items()):
+            for (ep, model, feature), drift in list(active.items()):
                 key_state = monitor.get(ep, model)
                 if feature == "embedding":  # the MEWMA: quiet once re-fitted, re-calibrated
                     emb = key_state.embedding if key_state else None
@@ -497,8 +532,9 @@ class Daemon:
                     )
                 # A backfill can be quiet again within a second: keep the drift visible
                 # long enough for Prometheus to scrape it.
-                if quiet and now - since >= min_active:
+                if quiet and now - drift.since >= min_active:
                     del active[(ep, model, feature)]
+                    state.drifts_changed = True
                     m.drift_active.labels(ep, model, feature).set(0)
                     self.alerts.resolve(ep, model, feature)
             high = self._consumer.highwater(tp)

@@ -128,9 +128,13 @@ def _render(
     for d in detections[-12:]:
         rows.append(
             f"  offset {d.event_index:>6}  {d.endpoint:<14} {d.feature:<15} {d.detector:<12} "
-            f"baseline {d.baseline:7.3f} → current {d.current:7.3f}"
+            f"baseline {d.baseline:7.3f} → current {d.current:7.3f}{_onset(d)}"
         )
     return "\n".join(rows)
+
+
+def _onset(d: Detection) -> str:
+    return "" if d.events_since_onset is None else f", began ~{d.events_since_onset} events ago"
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -161,7 +165,7 @@ def demo(args: argparse.Namespace) -> int:
                     print(
                         f"detection at offset {d.event_index}: {d.endpoint}/{d.model} "
                         f"{d.feature} ({d.detector}) baseline {d.baseline:.3f} "
-                        f"→ current {d.current:.3f}",
+                        f"→ current {d.current:.3f}{_onset(d)}",
                         flush=True,
                     )
 

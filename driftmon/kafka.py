@@ -165,6 +165,7 @@ def detection_record(detection: Detection, *, topic: str, partition: int, offset
             "statistic": detection.statistic,
             "threshold": detection.threshold,
             "key_events": detection.key_events,
+            "events_since_onset": detection.events_since_onset,
         }
     )
     return json.dumps(body, sort_keys=True).encode()

@@ -215,13 +215,20 @@ def summary_table(result: ReplayResult) -> str:
     else:
         out.append(
             f"{'event':>8} {'endpoint':<18} {'model':<24} {'feature':<16} {'detector':<12} "
-            f"{'baseline':>9} {'current':>9}"
+            f"{'baseline':>9} {'current':>9} {'since onset':>11}"
         )
         for d in result.detections:
+            onset = "-" if d.events_since_onset is None else f"{d.events_since_onset:,}"
             out.append(
                 f"{d.event_index:>8} {d.endpoint[:18]:<18} {d.model[:24]:<24} "
-                f"{d.feature[:16]:<16} {d.detector:<12} {d.baseline:>9.3f} {d.current:>9.3f}"
+                f"{d.feature[:16]:<16} {d.detector:<12} {d.baseline:>9.3f} {d.current:>9.3f} "
+                f"{onset:>11}"
             )
+        out.append("")
+        out.append(
+            "since onset: the key's values of that feature since the change began, as the "
+            "detector estimates it"
+        )
     return "\n".join(out)
 
 

@@ -34,6 +34,7 @@ DETECTION: dict[str, Any] = {
     "detector": "page_hinkley",
     "baseline": 6.8,
     "current": 7.42,
+    "key_events": 5120,
     "events_since_onset": 120,
     "detected_at": 1_700_000_000.0,
 }
@@ -171,7 +172,8 @@ def test_payload_labels_annotations_and_times(
     assert chars["annotations"] == {
         "summary": "output_chars drifted on support-chat / gpt-4o",
         "description": "output_chars moved from baseline 6.8 to 7.42 "
-        "(detector page_hinkley, at event 120 of this key)",
+        "(detector page_hinkley, 120 events since the estimated onset, "
+        "detected at event 5120 of this key)",
         "detected_at": "2023-11-14T22:13:20.000Z",
     }
     assert chars["startsAt"] == "2023-11-14T22:13:20.000Z"
@@ -179,6 +181,21 @@ def test_payload_labels_annotations_and_times(
     assert chars["generatorURL"] == "https://grafana.example/d/drift"
     assert by_feature["refusal"]["labels"]["severity"] == "critical"
     assert sent(registry, "ok") == 2
+
+
+def test_description_says_how_long_the_change_has_run_where_the_detector_estimates_it() -> None:
+    def description(feature: str, onset: int | None) -> str:
+        alerts = AlertSender(AlertmanagerSettings(), None)
+        alerts.fire("chat", "m1", feature, **{**DETECTION, "events_since_onset": onset})
+        return alerts._firing[("chat", "m1", feature)].annotations["description"]
+
+    assert description("embedding_distance", 40).endswith(
+        "(detector page_hinkley, 40 sampled outputs since the estimated onset, "
+        "detected at event 5120 of this key)"
+    )
+    assert description("embedding", None).endswith(
+        "(detector page_hinkley, detected at event 5120 of this key)"
+    )
 
 
 def test_detection_time_in_the_future_is_clamped(metrics: Metrics) -> None:

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import doctest
+import hashlib
+import json
+import math
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import structlog
 from driftmon import checkpoint as checkpoint_module
 from driftmon.checkpoint import (
     TEMP_PREFIX,
+    ActiveDrift,
     Checkpoint,
     CheckpointDirectoryError,
     CheckpointStore,
@@ -53,9 +58,77 @@ def test_round_trip_with_a_real_monitor_snapshot(tmp_path: Path) -> None:
 def test_file_layout_is_prefix_json_header_then_state() -> None:
     data = encode(make(state=b"xyz"))
     assert data[:4] == b"DMCK"
-    assert int.from_bytes(data[4:6], "big") == 1
+    assert int.from_bytes(data[4:6], "big") == 2
     assert data.endswith(b"xyz")
     assert decode(data, "llm.outputs", 2) == make(state=b"xyz")
+
+
+DRIFT = ActiveDrift(
+    endpoint="chat",
+    model="m1",
+    feature="output_chars",
+    detector="page_hinkley",
+    baseline=6.8,
+    current=7.42,
+    key_events=1234,
+    events_since_onset=57,
+    detected_at=1_700_000_000.5,
+    since=1_700_000_100.0,
+)
+
+
+def test_active_drifts_round_trip_and_nan_becomes_null(tmp_path: Path) -> None:
+    unknown = ActiveDrift(**{**DRIFT.__dict__, "feature": "embedding", "current": math.nan})
+    saved = Checkpoint("llm.outputs", 2, 7, b"s", 1.0, drifts=(DRIFT, unknown))
+    store = DirectoryCheckpointStore(tmp_path)
+    store.save(saved)
+    loaded = store.load("llm.outputs", 2)
+    assert loaded is not None
+    assert loaded.drifts[0] == DRIFT
+    assert math.isnan(loaded.drifts[1].current)
+    assert loaded.drifts[1].key == ("chat", "m1", "embedding")
+    assert b'"current": null' in store.path("llm.outputs", 2).read_bytes()
+
+
+def test_a_version_1_file_still_loads_with_no_drifts() -> None:
+    # Written by driftmon before drifts were saved: the upgrade keeps its state.
+    header = json.dumps(
+        {
+            "topic": "llm.outputs",
+            "partition": 2,
+            "offset": 100,
+            "written_at": 1_700_000_000.25,
+            "state_sha256": hashlib.sha256(b"old-state").hexdigest(),
+            "state_len": 9,
+        }
+    ).encode()
+    prefix = checkpoint_module._PREFIX.pack(b"DMCK", 1, len(header), zlib.crc32(header))
+    assert decode(prefix + header + b"old-state", "llm.outputs", 2) == make(state=b"old-state")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "not-an-object",
+        {**DRIFT.to_json(), "extra": 1},
+        {k: v for k, v in DRIFT.to_json().items() if k != "since"},
+        {**DRIFT.to_json(), "endpoint": 5},
+        {**DRIFT.to_json(), "baseline": "6.8"},
+        {**DRIFT.to_json(), "key_events": 1.5},
+        {**DRIFT.to_json(), "events_since_onset": "57"},
+        {**DRIFT.to_json(), "detected_at": None},
+    ],
+)
+def test_a_malformed_drift_entry_makes_the_checkpoint_corrupt(entry: object) -> None:
+    data = encode(Checkpoint("llm.outputs", 2, 7, b"s", 1.0, drifts=(DRIFT,)))
+    header_len = checkpoint_module._PREFIX.unpack_from(data)[2]
+    start = checkpoint_module._PREFIX.size
+    header = json.loads(data[start : start + header_len])
+    header["drifts"] = [entry]
+    raw = json.dumps(header).encode()
+    forged = checkpoint_module._PREFIX.pack(b"DMCK", 2, len(raw), zlib.crc32(raw)) + raw + b"s"
+    with pytest.raises(CorruptCheckpointError, match="drift"):
+        decode(forged, "llm.outputs", 2)
 
 
 def test_missing_file_returns_none(tmp_path: Path) -> None:
@@ -90,7 +163,7 @@ def wrong_magic(data: bytes) -> bytes:
 
 
 def future_version(data: bytes) -> bytes:
-    return data[:4] + (2).to_bytes(2, "big") + data[6:]
+    return data[:4] + (3).to_bytes(2, "big") + data[6:]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +176,7 @@ def future_version(data: bytes) -> bytes:
         (flip_last_byte, "sha256"),
         (flip_offset_digit, "CRC-32"),
         (wrong_magic, "magic"),
-        (future_version, "format version 2"),
+        (future_version, "format version 3"),
     ],
     ids=[
         "truncated-state",

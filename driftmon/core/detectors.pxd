@@ -30,6 +30,8 @@ cdef class FeatureStream:
     cdef double _ph_dec
     cdef double _ph_min
     cdef double _ph_max
+    cdef long long _ph_argmin
+    cdef long long _ph_argmax
     cdef object _adwin
     cdef object _adwin_helper
     cdef public long long ref_n
@@ -49,6 +51,8 @@ cdef class FeatureStream:
     cpdef object update(self, double x)
 
     cpdef double _ph_statistic(self)
+
+    cpdef long long _cusum_onset(self)
 
 
 @cython.locals(stream=FeatureStream)

@@ -153,6 +153,10 @@ class Alarm:
     current: float
     statistic: float
     threshold: float
+    # Values of the stream since the estimated start of the change, the firing value
+    # included: the Page-Hinkley CUSUM's change-point estimate (where it last left its
+    # extreme), for ADWIN's alarms too; -1 when Page-Hinkley is off.
+    since_onset: int
 
 
 class FeatureStream:
@@ -171,6 +175,8 @@ class FeatureStream:
         "_inv_sd",
         "_learning",
         "_mean",
+        "_ph_argmax",
+        "_ph_argmin",
         "_ph_dec",
         "_ph_inc",
         "_ph_k",
@@ -237,6 +243,7 @@ class FeatureStream:
         self._ph_inc = self._ph_dec = 0.0
         self._ph_min = math.inf
         self._ph_max = -1.0
+        self._ph_argmin = self._ph_argmax = 0  # _ph_n when the extremes were reached
 
     @property
     def learning(self) -> bool:
@@ -349,17 +356,42 @@ class FeatureStream:
             self._ph_dec = dec
             if inc < self._ph_min:
                 self._ph_min = inc
+                self._ph_argmin = self._ph_n
             if dec > self._ph_max:
                 self._ph_max = dec
-            if inc - self._ph_min > self._ph_threshold or self._ph_max - dec > self._ph_threshold:
-                return self._alarm("page_hinkley", self._ph_statistic(), self._ph_threshold)
+                self._ph_argmax = self._ph_n
+            if inc - self._ph_min > self._ph_threshold:
+                return self._alarm(
+                    "page_hinkley",
+                    self._ph_statistic(),
+                    self._ph_threshold,
+                    self._ph_n - self._ph_argmin,
+                )
+            if self._ph_max - dec > self._ph_threshold:
+                return self._alarm(
+                    "page_hinkley",
+                    self._ph_statistic(),
+                    self._ph_threshold,
+                    self._ph_n - self._ph_argmax,
+                )
         helper = self._adwin_helper
         if helper is not None and helper.update(a_in):  # type: ignore[attr-defined]
             assert self._adwin is not None
-            return self._alarm("adwin", math.nan, self._adwin.delta)
+            return self._alarm("adwin", math.nan, self._adwin.delta, self._cusum_onset())
         if self._blk_n >= self.ref_n:
             self._merge_block()
         return None
+
+    def _cusum_onset(self) -> int:
+        """Values since the change point the Page-Hinkley CUSUM estimates, in its larger
+        direction; -1 without Page-Hinkley. (ADWIN's own window after a cut is no onset
+        estimate: it sheds old buckets a few at a time, keeping hundreds of pre-change
+        values.)"""
+        if not self._ph_n:
+            return -1
+        if self._ph_inc - self._ph_min >= self._ph_max - self._ph_dec:
+            return int(self._ph_n - self._ph_argmin)
+        return int(self._ph_n - self._ph_argmax)
 
     def _ph_statistic(self) -> float:
         """The larger of the upward and downward Page-Hinkley (CUSUM) values."""
@@ -372,8 +404,10 @@ class FeatureStream:
         """Values seen since the last detection; -1 if there was none."""
         return -1 if self._detected_at < 0 else self.n - self._detected_at
 
-    def _alarm(self, detector: str, statistic: float, threshold: float) -> Alarm:
-        alarm = Alarm(self.name, detector, self._mean, self.current, statistic, threshold)
+    def _alarm(self, detector: str, statistic: float, threshold: float, since_onset: int) -> Alarm:
+        alarm = Alarm(
+            self.name, detector, self._mean, self.current, statistic, threshold, since_onset
+        )
         self._detected_at = self.n
         self.relearn()
         return alarm
@@ -414,10 +448,16 @@ class FeatureStream:
                 self._blk_sumsq,
                 self._ref_sum,
                 self._ref_sumsq,
+                self._ph_argmin,
+                self._ph_argmax,
             ),
         )
 
     def _set_state(self, state: tuple[Any, ...]) -> None:
+        if len(state) == _FIELDS_BEFORE_ONSET:
+            # Pickled before the onset estimate: no extremes known, so the estimate
+            # counts from the start of the current test.
+            state = (*state, 0, 0)
         (
             self.name,
             self.kind,
@@ -448,6 +488,8 @@ class FeatureStream:
             self._blk_sumsq,
             self._ref_sum,
             self._ref_sumsq,
+            self._ph_argmin,
+            self._ph_argmax,
         ) = state
         self._warmup = self._config.warmup
         self._binary = self.kind == "binary"
@@ -462,6 +504,9 @@ class FeatureStream:
         if self._adwin is not None:
             out["adwin"] = (float(self._adwin.width), float(self._adwin.delta))
         return out
+
+
+_FIELDS_BEFORE_ONSET = 29  # length of a pickled stream's state before _ph_arg*
 
 
 def _restore_stream(*state: Any) -> FeatureStream:

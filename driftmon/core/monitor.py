@@ -41,6 +41,9 @@ class Detection:
     timestamp: float | None
     event_index: int = -1
     kind: str = "drift"
+    # Values of the feature since the estimated start of the change (events; sampled
+    # outputs for embedding_distance); None where the detector gives no estimate (MEWMA).
+    events_since_onset: int | None = None
 
     def report(self) -> dict[str, Any]:
         """The replay report's detection object (SPEC §3)."""
@@ -176,6 +179,7 @@ class Monitor:
                 a.threshold,
                 state.events,
                 now,
+                events_since_onset=a.since_onset if a.since_onset >= 0 else None,
             )
             for a in alarms
         ]

@@ -47,7 +47,8 @@ for i, line in enumerate(lines):
         p.monitor.restore(path.read_bytes())
     for d in p.process(line, i).detections:
         found.append([d.event_index, d.endpoint, d.feature, d.detector, d.baseline,
-                      d.current, d.statistic, d.threshold, d.key_events])
+                      d.current, d.statistic, d.threshold, d.key_events,
+                      d.events_since_onset])
 print(json.dumps({"compiled": compiled_modules(), "detections": found,
                   "rejected": dict(p.rejected), "accepted": p.accepted}))
 """

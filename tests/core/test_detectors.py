@@ -1,3 +1,4 @@
+import math
 import random
 
 from driftmon.core.detectors import DetectorConfig, FeatureStream
@@ -166,3 +167,60 @@ def test_rare_rate_rise_is_detected():
         if s.update(1.0 if rng.random() < p else 0.0) is not None:
             hits.append(i)
     assert hits and 3000 <= hits[0] < 3400
+
+
+def _first_alarm(stream, values):
+    for i, x in enumerate(values):
+        alarm = stream.update(x)
+        if alarm is not None:
+            return i, alarm
+    raise AssertionError("no alarm")
+
+
+def test_page_hinkley_estimates_where_the_change_began():
+    # Page's CUSUM change-point estimate: where the statistic last left its extreme.
+    errors = []
+    for seed in range(20):
+        rng = random.Random(seed)
+        values = [
+            rng.gauss(0.0 if i < 1500 else (1.0 if seed % 2 else -1.0), 1.0) for i in range(4000)
+        ]
+        index, alarm = _first_alarm(_stream(adwin=False), values)
+        assert alarm.detector == "page_hinkley"
+        assert 1 <= alarm.since_onset <= index - 300  # within the monitored stretch
+        errors.append(index - alarm.since_onset + 1 - 1500)
+    errors.sort()
+    assert abs(errors[10]) <= 10, errors  # median error in events
+    assert sum(abs(e) <= 50 for e in errors) >= 18, errors
+
+
+def test_an_adwin_alarm_carries_the_cusum_onset_estimate():
+    found = []
+    for seed in range(60):
+        rng = random.Random(seed)
+        values = [math.exp(rng.gauss(0.0 if i < 1500 else 1.0, 1.5)) for i in range(4000)]
+        index, alarm = _first_alarm(_stream(), values)
+        if alarm.detector == "adwin":
+            found.append(index - alarm.since_onset + 1 - 1500)
+    assert len(found) >= 5
+    found.sort()
+    assert abs(found[len(found) // 2]) <= 50, found
+
+
+def test_without_page_hinkley_there_is_no_onset_estimate():
+    rng = random.Random(3)
+    values = [rng.gauss(0.0 if i < 1500 else 2.0, 1.0) for i in range(4000)]
+    _, alarm = _first_alarm(_stream(page_hinkley=False), values)
+    assert alarm.detector == "adwin" and alarm.since_onset == -1
+
+
+def test_a_stream_pickled_before_the_onset_estimate_restores():
+    s = _stream(warmup=100)
+    rng = random.Random(5)
+    for _ in range(500):
+        s.update(rng.gauss(0.0, 1.0))
+    restore, state = s.__reduce__()
+    old = restore(*state[:-2])  # the 29 fields a snapshot held before
+    assert old.statistics() == s.statistics()
+    index, alarm = _first_alarm(old, [rng.gauss(3.0, 1.0) for _ in range(200)])
+    assert index < 20 and 1 <= alarm.since_onset <= 500 + index + 1
