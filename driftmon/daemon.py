@@ -282,13 +282,25 @@ class Daemon:
         state = self.partitions.pop(tp)
         for key in state.pipeline.monitor.key_states():
             self._remove_key_series(key)
-        # Not ours to re-send or resolve any more: they expire unless the new owner fires.
+        # Not ours to re-send or resolve any more: they expire unless the new owner fires
+        # (or another partition of ours still has the same drift active).
         for ep, model, feature in state.active_drifts:
-            self.alerts.forget(ep, model, feature)
+            if not self._drift_elsewhere((ep, model, feature)):
+                self.alerts.forget(ep, model, feature)
         self.metrics.remove_partition_lag(tp.topic, tp.partition)
 
+    # A key whose records are spread over several partitions (unkeyed producers) has a
+    # monitor in each: its series and its alerts are shared, so they go only when no
+    # partition of this process still has the key (or the drift).
+    def _key_elsewhere(self, endpoint: str, model: str) -> bool:
+        return any(s.pipeline.monitor.get(endpoint, model) for s in self.partitions.values())
+
+    def _drift_elsewhere(self, drift: tuple[str, str, str]) -> bool:
+        return any(drift in s.active_drifts for s in self.partitions.values())
+
     def _remove_key_series(self, key: KeyState) -> None:
-        self.metrics.remove_key(key.endpoint, key.model, *_series_of(key))
+        if not self._key_elsewhere(key.endpoint, key.model):
+            self.metrics.remove_key(key.endpoint, key.model, *_series_of(key))
 
     # -- checkpoints ----------------------------------------------------------------
     def checkpoint(
@@ -535,8 +547,9 @@ class Daemon:
                 if quiet and now - drift.since >= min_active:
                     del active[(ep, model, feature)]
                     state.drifts_changed = True
-                    m.drift_active.labels(ep, model, feature).set(0)
-                    self.alerts.resolve(ep, model, feature)
+                    if not self._drift_elsewhere((ep, model, feature)):
+                        m.drift_active.labels(ep, model, feature).set(0)
+                        self.alerts.resolve(ep, model, feature)
             high = self._consumer.highwater(tp)
             pos = state.next_offset
             if high is not None and pos is not None:

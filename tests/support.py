@@ -160,11 +160,12 @@ def produce(
     topic: str,
     lines: list[str] | list[bytes],
     key: Callable[[bytes], bytes | None] | None = None,
+    partition: int | None = None,
 ) -> None:
     producer = KafkaProducer(bootstrap_servers=[bootstrap], linger_ms=5, acks=1)
     for line in lines:
         value = line.encode() if isinstance(line, str) else line
-        producer.send(topic, value=value, key=key(value) if key else None)
+        producer.send(topic, value=value, key=key(value) if key else None, partition=partition)
     producer.flush()
     producer.close()
 

@@ -15,6 +15,7 @@ from kafka import KafkaProducer
 
 from driftmon import kafka as kafka_io
 from driftmon.core.events import Rejection
+from driftmon.daemon import METRICS_REFRESH_SECONDS as METRICS_REFRESH
 from driftmon.kafka import DLQ_HEADERS
 from driftmon.replay import replay
 from driftmon.settings import Settings
@@ -286,6 +287,42 @@ def test_a_drift_firing_at_shutdown_is_resolved_by_the_next_run(broker, tmp_path
             # (A drift detected later in this run, on feedback, may still be firing.)
             wait_for(lambda: not fired & alerts_in(am), timeout=60, every=1.0)
             assert not fired & active_drifts(second.metrics())
+    finally:
+        am.stop()
+
+
+@needs_alertmanager
+def test_a_key_in_two_partitions_keeps_its_alert_until_both_are_quiet(tmp_path):
+    # Unkeyed producers spread a key over partitions; one daemon then watches it with one
+    # monitor per partition, but its alerts and drift series are shared: one partition
+    # going quiet must not resolve a drift the other still sees.
+    no_feedback = [x for x in stream(n=12_000) if json.loads(x).get("kind") != "feedback"]
+    long_run, short_run = no_feedback, no_feedback[: len(no_feedback) * 5 // 12]
+    # Offline, with the same settings: partition 0's drifts all go quiet by its end,
+    # partition 1's are detected shortly before its end and stay active.
+    still_active = {(ep, f) for _, ep, f, _ in expected_detections(short_run, tmp_path)}
+    assert still_active
+    am = Alertmanager(tmp_path / "am").start()
+    try:
+        with EmbeddedBroker(log_file=tmp_path / "broker.log") as b:
+            create_topic(b.bootstrap, TOPIC, partitions=2)
+            produce(b.bootstrap, TOPIC, long_run, partition=0)
+            produce(b.bootstrap, TOPIC, short_run, partition=1)
+            alerting = {
+                "urls": [am.url],
+                "resend_interval_seconds": 300,
+                "min_active_seconds": 0,
+                "resolve_after_quiet_events": 200,
+            }
+            with running(
+                DaemonProcess(tmp_path, settings_for(b, tmp_path, alertmanager=alerting))
+            ) as daemon:
+                daemon.wait_ready()
+                wait_consumed(daemon, len(long_run) + len(short_run), timeout=180)
+                time.sleep(METRICS_REFRESH + 1)  # a refresh after the last event resolves
+                firing = {(ep, f) for ep, _, f in alerts_in(am)}
+                assert firing == still_active
+                assert {(ep, f) for ep, _, f in active_drifts(daemon.metrics())} == still_active
     finally:
         am.stop()
 
