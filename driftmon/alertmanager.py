@@ -396,8 +396,9 @@ def _annotations(
     if events_since_onset is None:
         onset = ""
     else:
-        unit = "sampled outputs" if feature == "embedding_distance" else "events"
-        onset = f"{events_since_onset} {unit} since the estimated onset, "
+        unit = "sampled output" if feature == "embedding_distance" else "event"
+        plural = "" if events_since_onset == 1 else "s"
+        onset = f"{events_since_onset} {unit}{plural} since the estimated onset, "
     return {
         "summary": f"{feature} drifted on {endpoint} / {model}",
         "description": (

@@ -134,7 +134,8 @@ def _render(
 
 
 def _onset(d: Detection) -> str:
-    return "" if d.events_since_onset is None else f", began ~{d.events_since_onset} events ago"
+    n = d.events_since_onset
+    return "" if n is None else f", began ~{n} event{'' if n == 1 else 's'} ago"
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -1,4 +1,10 @@
-"""Logging set-up, done once at the entry point: JSON off a terminal, pretty on one."""
+"""Logging set-up, done once at the entry point: JSON off a terminal, pretty on one.
+
+driftmon's own logs go through structlog. The libraries' stdlib logs (kafka-python says
+*why* a connection failed — a refused TLS certificate, a wrong SASL password — only
+there, and silences itself with a NullHandler) are rendered the same way, from WARNING up:
+their INFO level is one line per connection attempt.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +13,20 @@ import sys
 
 import structlog
 
+LIBRARY_LEVEL = logging.WARNING
+
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -27,3 +36,18 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+                structlog.processors.format_exc_info,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(LIBRARY_LEVEL, logging.getLevelNamesMapping()[level.upper()]))

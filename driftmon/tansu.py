@@ -57,9 +57,18 @@ class EmbeddedBroker:
     127.0.0.1:40123
     """
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        log_file: Path | None = None,
+        *,
+        advertised_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
+        # Where clients are told to connect: another port when a proxy (a TLS terminator
+        # in the tests) sits in front of the broker.
+        self.advertised = f"127.0.0.1:{advertised_port or self.port}"
         self._log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -69,10 +78,17 @@ class EmbeddedBroker:
         return self._proc.pid
 
     def start(self, timeout: float = 20.0) -> EmbeddedBroker:
-        url = f"tcp://{self.bootstrap}"
+        url, advertised = f"tcp://{self.bootstrap}", f"tcp://{self.advertised}"
         out = open(self._log_file, "ab") if self._log_file else subprocess.DEVNULL  # noqa: SIM115
         self._proc = subprocess.Popen(
-            [str(find_tansu()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                str(find_tansu()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                advertised,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
