@@ -16,6 +16,15 @@ import structlog
 LIBRARY_LEVEL = logging.WARNING
 
 
+class _DropSlowTaskWarnings(logging.Filter):
+    """kafka-python warns each time its IO loop waited over 0.1 s for the GIL ("Task ...
+    ran for 0.2s ... blocking the event loop"): under load that is a line every few
+    seconds saying only that the CPU is busy, which ``driftmon_consumer_lag`` shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "kafka.net.selector" and str(record.msg).startswith("Task "))
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.types.Processor = (
@@ -48,6 +57,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    handler.addFilter(_DropSlowTaskWarnings())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(LIBRARY_LEVEL, logging.getLevelNamesMapping()[level.upper()]))
