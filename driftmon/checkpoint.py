@@ -186,9 +186,9 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         if not isinstance(raw_drifts, list):
             raise CorruptCheckpointError(f"drifts is {type(raw_drifts).__name__}, not a list")
         drifts = tuple(ActiveDrift.from_json(raw) for raw in raw_drifts)
+    except CorruptCheckpointError:
+        raise
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
-        if isinstance(exc, CorruptCheckpointError):
-            raise
         raise CorruptCheckpointError(f"bad header: {exc}") from exc
     state = data[state_start:]
     if (found_topic, found_partition) != (topic, partition):

@@ -78,7 +78,6 @@ class TlsTerminator:
     def __init__(self, pki: Pki, target: tuple[str, int], port: int | None = None) -> None:
         self.port = port or free_port()
         self.target = target
-        self.connections = 0
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca))
         self._context.load_cert_chain(pki.server_cert, pki.server_key)
         self._context.verify_mode = ssl.CERT_REQUIRED
@@ -109,7 +108,6 @@ class TlsTerminator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Reached only after a completed handshake, client certificate verified.
-        self.connections += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
