@@ -121,6 +121,32 @@ class Metrics:
             "Dead letters and detection records the producer could not deliver.",
             ["topic"],
         )
+        # Process-wide totals: unlike driftmon_events_total{endpoint,model}, they survive
+        # key eviction, so sum over time stays exact under key churn.
+        self.events_accepted = counter(
+            "driftmon_events_accepted", "Accepted events, all keys (survives key eviction)."
+        )
+        self.offset_resets = counter(
+            "driftmon_offset_resets",
+            "Restored or committed offsets outside the partition's log (data reset, topic "
+            "recreated, retention passed it), by reason.",
+            ("reason",),
+        )
+        self.kafka_retries = counter(
+            "driftmon_kafka_retries",
+            "Retriable Kafka errors retried, by operation (commit, produce, metadata).",
+            ("operation",),
+        )
+        self.alert_send_failures = counter(
+            "driftmon_alert_send_failures",
+            "Failed POST attempts to Alertmanager (every attempt, retries included).",
+            ("url", "error"),
+        )
+        self.alerts_undelivered = gauge(
+            "driftmon_alerts_undelivered",
+            "Alerts queued or being retried for an Alertmanager URL, not yet accepted.",
+            ("url",),
+        )
         self.build_info = gauge(
             "driftmon_build_info",
             "Always 1; labelled with the version and whether the per-event core is compiled.",

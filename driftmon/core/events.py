@@ -18,6 +18,9 @@ REJECTION_REASONS: Final = (
     "bad_type",
     "out_of_range",
     "too_large",
+    # Anything unexpected while decoding, featurising or detecting one record: the record
+    # is rejected (exception type only, never its text) and processing goes on.
+    "internal_error",
 )
 FINISH_REASONS: Final = ("stop", "length", "content_filter", "tool_call", "error")
 

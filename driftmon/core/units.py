@@ -1,0 +1,66 @@
+"""Each feature in its own unit, for people: characters, tokens, milliseconds, percent.
+
+The detectors watch counts on a log scale (``log1p``: a doubling is the same step at 200
+and at 2 000 characters) and 0/1 features as rates. Those internal values are what the
+statistics need and what nobody reads well: ``output_chars 5.997 → 6.263`` is an answer
+going from about 400 to about 525 characters. Everything shown to a person — the replay
+table, the live view, alert descriptions, the value and baseline gauges — goes through
+:func:`to_display` here.
+
+A mean of ``log1p(x)`` maps back through ``expm1`` to a *typical* value: the geometric
+mean of ``x + 1``, minus one. It is below the arithmetic mean for skewed counts (the
+median-like centre, not pulled up by a few very long answers); the docs call it that.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+# Fed to the detectors as log1p(count): shown as the count, in these units.
+LOG_FEATURES: Final = {
+    "output_chars": "characters",
+    "output_tokens": "tokens",
+    "list_items": "list items",
+    "paragraphs": "paragraphs",
+    "latency": "ms",
+}
+# Fed as they are.
+PLAIN_FEATURES: Final = {
+    "sentence_words": "words",
+    "feedback": "score",
+    "embedding_distance": "distance",
+}
+
+
+def unit(feature: str) -> str:
+    """The unit a feature's values are shown in; every other feature is a 0/1 rate (%)."""
+    return LOG_FEATURES.get(feature) or PLAIN_FEATURES.get(feature) or "%"
+
+
+def to_display(feature: str, value: float) -> float:
+    """An internal value (a log1p mean, a 0/1 rate, …) in the feature's own unit.
+
+    ``embedding_distance`` values arrive already as distances (the monitor maps its normal
+    scores back); NaN stays NaN.
+    """
+    if math.isnan(value):
+        return value
+    if feature in LOG_FEATURES:
+        return math.expm1(value)
+    if feature in PLAIN_FEATURES:
+        return value
+    return 100.0 * value
+
+
+def format_value(feature: str, value: float) -> str:
+    """``to_display``'s value with its unit, rounded for reading: ``'412 characters'``,
+    ``'12.5 %'``, ``'0.42 score'``. Takes a value already in display units."""
+    if math.isnan(value):
+        return "n/a"
+    u = unit(feature)
+    if u == "%":
+        return f"{value:.1f} %"
+    if feature in LOG_FEATURES:
+        return f"{value:,.1f} {u}" if abs(value) < 10 else f"{value:,.0f} {u}"
+    return f"{value:.3g} {u}" if abs(value) < 100 else f"{value:,.0f} {u}"
