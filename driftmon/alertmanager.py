@@ -5,6 +5,11 @@ send queues are only transport: whatever they drop or fail to deliver, the next 
 Each Alertmanager URL (the replicas of one HA cluster, usually) has its own queue and background
 thread, so ``fire()`` and ``resolve()`` never wait for Alertmanager, and a down replica never
 delays delivery to the others.
+
+An outage shows at once: every failed attempt counts in ``driftmon_alert_send_failures_total``,
+``driftmon_alerts_undelivered`` holds the alerts a URL has not accepted yet, and the first
+failure logs a warning (then one line per ``failure_log_interval`` with a count, and one when
+the URL answers again).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any, Final, Literal
 
 import structlog
 
+from driftmon.core.units import describe_change
 from driftmon.metrics import Metrics
 from driftmon.settings import AlertmanagerSettings
 
@@ -34,6 +40,8 @@ MAX_ALERTS_PER_POST: Final = 1000
 # Firing alerts carry endsAt this many resend intervals ahead, so a crashed driftmon's alerts
 # resolve by themselves in Alertmanager.
 ENDS_AT_RESEND_INTERVALS: Final = 4
+# While a URL keeps failing, one warning line per this many seconds (with a count).
+FAILURE_LOG_INTERVAL: Final = 30.0
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +66,20 @@ class _Target:
     """One Alertmanager URL: its own queue and sender thread (the lock is shared)."""
 
     url: str
+    # The URL without credentials, query or fragment: for metric labels and logs.
+    label: str
     cond: threading.Condition
     queue: OrderedDict[AlertKey, _Alert] = field(default_factory=OrderedDict)
     thread: threading.Thread | None = None
+    # Alerts this URL has not accepted yet: queued, being sent, or failed and waiting for
+    # the next resend (under the lock).
+    unaccepted: set[AlertKey] = field(default_factory=set)
+    sending: set[AlertKey] = field(default_factory=set)
+    # Outage bookkeeping, touched by the target's own sender thread only.
+    failing_since: float | None = None
+    failures: int = 0
+    failures_unlogged: int = 0
+    last_failure_log: float = 0.0
 
 
 class AlertSender:
@@ -68,8 +87,8 @@ class AlertSender:
 
     >>> from driftmon.settings import AlertmanagerSettings
     >>> sender = AlertSender(AlertmanagerSettings(), None)  # no urls: state only, nothing sent
-    >>> sender.fire("chat", "m1", "output_chars", detector="adwin", baseline=6.8,
-    ...             current=7.4, key_events=5120, events_since_onset=120,
+    >>> sender.fire("chat", "m1", "output_chars", detector="adwin", baseline=412.0,
+    ...             current=1030.0, key_events=5120, events_since_onset=120,
     ...             detected_at=1_700_000_000.0)
     >>> sorted(sender.active())
     [('chat', 'm1', 'output_chars')]
@@ -87,16 +106,23 @@ class AlertSender:
         *,
         initial_backoff: float = 0.5,
         max_backoff: float = 30.0,
+        failure_log_interval: float = FAILURE_LOG_INTERVAL,
     ) -> None:
         self.settings = settings
         self.initial_backoff = initial_backoff
         self.max_backoff = max_backoff
+        self.failure_log_interval = failure_log_interval
         self._metrics = metrics
         self._clock = clock
-        endpoints = [_alerts_endpoint(url) for url in settings.urls]
+        endpoints = [(_alerts_endpoint(url), safe_url(url)) for url in settings.urls]
         self._ssl_context = ssl_context(settings)
         self._lock = threading.Lock()
-        self._targets = [_Target(url, threading.Condition(self._lock)) for url in endpoints]
+        self._targets = [
+            _Target(url, label, threading.Condition(self._lock)) for url, label in endpoints
+        ]
+        if metrics is not None:
+            for target in self._targets:  # 0 from the start: absent() and rules see the URL
+                metrics.alerts_undelivered.labels(target.label).set(0)
         self._firing: dict[AlertKey, _Alert] = {}
         # A resolve stays pending until every URL has taken it (or refused it for good).
         self._pending_resolves: dict[AlertKey, tuple[_Alert, set[_Target]]] = {}
@@ -127,6 +153,7 @@ class AlertSender:
     ) -> None:
         """Mark the alert firing and queue it; a re-fire updates annotations, keeps startsAt.
 
+        ``baseline`` and ``current`` are in the feature's own unit (a :class:`Detection`'s);
         ``detected_at`` (epoch seconds) becomes startsAt and the ``detected_at`` annotation;
         ``key_events`` is the key's event count at the detection, ``events_since_onset``
         the detector's estimate of how long the change has been going on (None: none).
@@ -172,8 +199,11 @@ class AlertSender:
         """Stop re-sending a firing alert without resolving it (its key moved to another
         consumer or away from this one): the last ``endsAt`` sent lets it expire unless
         the key's new owner fires it again."""
+        key = (endpoint, model, feature)
         with self._lock:
-            self._firing.pop((endpoint, model, feature), None)
+            self._firing.pop(key, None)
+            for target in self._targets:
+                self._settle(target, key)
 
     def tick(self) -> None:
         """Re-send firing alerts and undelivered resolves when the resend interval is due."""
@@ -219,7 +249,7 @@ class AlertSender:
                 assert target.thread is not None
                 target.thread.join(0.5)
         with self._lock:
-            unsent = {t.url: len(t.queue) for t in self._targets if t.queue}
+            unsent = {t.label: len(t.queue) for t in self._targets if t.queue}
         if unsent:
             log.warning("alerts not delivered before shutdown", alerts=unsent)
 
@@ -249,11 +279,32 @@ class AlertSender:
             if alert.key in queue:
                 del queue[alert.key]
             elif len(queue) >= self.settings.queue_size:
-                queue.popitem(last=False)
+                dropped, _ = queue.popitem(last=False)
+                self._settle(target, dropped)
                 if self._metrics is not None:
                     self._metrics.alert_queue_dropped.inc()
             queue[alert.key] = alert
+            target.unaccepted.add(alert.key)
+            self._show_undelivered(target)
             target.cond.notify()
+
+    def _settle(self, target: _Target, key: AlertKey) -> None:
+        """Under the lock: stop counting ``key`` as undelivered to ``target`` unless it is
+        queued, being sent, or will be sent again (firing, or a resolve it has not taken)."""
+        pending = self._pending_resolves.get(key)
+        if (
+            key in target.queue
+            or key in target.sending
+            or key in self._firing
+            or (pending is not None and target in pending[1])
+        ):
+            return
+        target.unaccepted.discard(key)
+        self._show_undelivered(target)
+
+    def _show_undelivered(self, target: _Target) -> None:
+        if self._metrics is not None:
+            self._metrics.alerts_undelivered.labels(target.label).set(len(target.unaccepted))
 
     def _run(self, target: _Target) -> None:
         while True:
@@ -264,16 +315,25 @@ class AlertSender:
                     return
                 count = min(len(target.queue), MAX_ALERTS_PER_POST)
                 batch = [target.queue.popitem(last=False)[1] for _ in range(count)]
+                target.sending = {alert.key for alert in batch}
             self._deliver(target, batch)
 
     def _deliver(self, target: _Target, batch: list[_Alert]) -> None:
         outcome = self._post_with_retries(target, batch)
         if self._metrics is not None:
             self._metrics.alerts_sent.labels(outcome).inc(len(batch))
-        # A rejected alert will never be accepted: retrying it forever helps nobody.
-        if outcome == "error":
-            return
         with self._lock:
+            target.sending = set()
+            if outcome == "error":  # still owed where the next resend covers it
+                for alert in batch:
+                    self._settle(target, alert.key)
+                return
+            # Accepted, or rejected: a rejected alert will never be accepted, and retrying
+            # it forever helps nobody. A newer version still queued stays owed.
+            for alert in batch:
+                if alert.key not in target.queue:
+                    target.unaccepted.discard(alert.key)
+            self._show_undelivered(target)
             for alert in batch:
                 pending = self._pending_resolves.get(alert.key)
                 if alert.ends_at is None or pending is None or pending[0] is not alert:
@@ -283,7 +343,7 @@ class AlertSender:
                     del self._pending_resolves[alert.key]
 
     def _post_with_retries(self, target: _Target, batch: list[_Alert]) -> Outcome:
-        url = target.url
+        url = target.label
         delay = self.initial_backoff
         error = ""
         attempts = 0
@@ -293,9 +353,12 @@ class AlertSender:
                 break
             attempts += 1
             try:
-                self._post(url, self._payload(batch), timeout)
+                self._post(target.url, self._payload(batch), timeout)
             except urllib.error.HTTPError as exc:
+                kind = error_kind(exc)
+                self._count_failure(target, kind)
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    self._answered(target)
                     log.warning(
                         "alertmanager rejected alerts",
                         url=url,
@@ -305,9 +368,14 @@ class AlertSender:
                     )
                     return "rejected"
                 error = f"HTTP {exc.code}"
+                self._failed(target, kind, error)
             except (OSError, http.client.HTTPException) as exc:
+                kind = error_kind(exc)
+                self._count_failure(target, kind)
                 error = str(exc) or type(exc).__name__
+                self._failed(target, kind, error)
             else:
+                self._answered(target)
                 log.debug("alerts sent", url=url, alerts=len(batch), attempts=attempts)
                 return "ok"
             log.debug("alertmanager send failed", url=url, error=error, attempt=attempts)
@@ -322,6 +390,55 @@ class AlertSender:
             error=error,
         )
         return "error"
+
+    def _count_failure(self, target: _Target, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.alert_send_failures.labels(target.label, kind).inc()
+
+    def _failed(self, target: _Target, kind: str, error: str) -> None:
+        """A retriable failure: the first of an outage is logged at once, later ones once
+        per ``failure_log_interval`` with their count."""
+        now = time.monotonic()
+        target.failures += 1
+        if target.failing_since is None:
+            target.failing_since = now
+            target.last_failure_log = now
+            target.failures_unlogged = 0
+            log.warning(
+                "alertmanager send failing; retrying",
+                url=target.label,
+                error_type=kind,
+                error=error,
+                undelivered=len(target.unaccepted),
+            )
+            return
+        target.failures_unlogged += 1
+        if now - target.last_failure_log >= self.failure_log_interval:
+            log.warning(
+                "alertmanager still failing",
+                url=target.label,
+                error_type=kind,
+                error=error,
+                failures=target.failures_unlogged,
+                failing_seconds=round(now - target.failing_since, 1),
+                undelivered=len(target.unaccepted),
+            )
+            target.last_failure_log = now
+            target.failures_unlogged = 0
+
+    def _answered(self, target: _Target) -> None:
+        """Alertmanager answered for good (accepted or rejected): an outage, if any, is over."""
+        if target.failing_since is None:
+            return
+        log.info(
+            "alertmanager reachable again",
+            url=target.label,
+            failures=target.failures,
+            failing_seconds=round(time.monotonic() - target.failing_since, 1),
+        )
+        target.failing_since = None
+        target.failures = 0
+        target.failures_unlogged = 0
 
     def _remaining(self, limit: float) -> float:
         """``limit``, cut short by the shutdown deadline; 0 when aborting."""
@@ -398,12 +515,12 @@ def _annotations(
     else:
         unit = "sampled output" if feature == "embedding_distance" else "event"
         plural = "" if events_since_onset == 1 else "s"
-        onset = f"{events_since_onset} {unit}{plural} since the estimated onset, "
+        onset = f"{events_since_onset:,} {unit}{plural} since onset, "
     return {
         "summary": f"{feature} drifted on {endpoint} / {model}",
         "description": (
-            f"{feature} moved from baseline {baseline:.4g} to {current:.4g} "
-            f"(detector {detector}, {onset}detected at event {key_events} of this key)"
+            f"{feature}: {describe_change(feature, baseline, current)} "
+            f"({detector}, {onset}detected at event {key_events:,} of this key)"
         ),
         "detected_at": rfc3339(detected_at),
     }
@@ -423,6 +540,39 @@ def ssl_context(settings: AlertmanagerSettings) -> ssl.SSLContext:
         return context
     cafile = None if settings.ca_file is None else str(settings.ca_file)
     return ssl.create_default_context(cafile=cafile)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without credentials, query or fragment (metric labels, logs):
+    ``https://am.example:9093/prefix``."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port is None else f"{host}:{port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def error_kind(exc: BaseException) -> str:
+    """A failed POST as a small, bounded label value: ``timeout``, ``connection``, ``tls``,
+    ``http_4xx``, ``http_5xx`` or ``protocol``."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return "http_5xx" if exc.code >= 500 else "http_4xx"
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        exc = exc.reason  # what urlopen wraps: refused, DNS, timeout, certificate
+    if isinstance(exc, TimeoutError):  # socket.timeout too
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):  # certificate errors too
+        return "tls"
+    if isinstance(exc, ConnectionError):  # refused, reset, closed without an answer
+        return "connection"
+    if isinstance(exc, http.client.HTTPException):
+        return "protocol"
+    return "connection"
 
 
 def _alerts_endpoint(url: str) -> str:

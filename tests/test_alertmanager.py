@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import shutil
 import socket
@@ -9,8 +10,10 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from driftmon.alertmanager import AlertSender, rfc3339, ssl_context
+from driftmon.alertmanager import AlertSender, error_kind, rfc3339, safe_url, ssl_context
 from driftmon.metrics import Metrics
 from driftmon.settings import AlertmanagerSettings
 
@@ -32,8 +35,8 @@ needs_alertmanager = pytest.mark.skipif(
 FAST = {"initial_backoff": 0.02, "max_backoff": 0.2}
 DETECTION: dict[str, Any] = {
     "detector": "page_hinkley",
-    "baseline": 6.8,
-    "current": 7.42,
+    "baseline": 412.3,  # display units (characters here), as the monitor's detections carry
+    "current": 1030.4,
     "key_events": 5120,
     "events_since_onset": 120,
     "detected_at": 1_700_000_000.0,
@@ -76,6 +79,16 @@ def metrics(registry: CollectorRegistry) -> Metrics:
 def sent(registry: CollectorRegistry, status: str) -> float:
     value = registry.get_sample_value("driftmon_alerts_sent_total", {"status": status})
     return 0.0 if value is None else value
+
+
+def failures(registry: CollectorRegistry, url: str, error: str) -> float:
+    labels = {"url": url, "error": error}
+    value = registry.get_sample_value("driftmon_alert_send_failures_total", labels)
+    return 0.0 if value is None else value
+
+
+def undelivered(registry: CollectorRegistry, url: str) -> float | None:
+    return registry.get_sample_value("driftmon_alerts_undelivered", {"url": url})
 
 
 @contextlib.contextmanager
@@ -171,9 +184,8 @@ def test_payload_labels_annotations_and_times(
     }
     assert chars["annotations"] == {
         "summary": "output_chars drifted on support-chat / gpt-4o",
-        "description": "output_chars moved from baseline 6.8 to 7.42 "
-        "(detector page_hinkley, 120 events since the estimated onset, "
-        "detected at event 5120 of this key)",
+        "description": "output_chars: typical 412 characters → 1,030 characters "
+        "(page_hinkley, 120 events since onset, detected at event 5,120 of this key)",
         "detected_at": "2023-11-14T22:13:20.000Z",
     }
     assert chars["startsAt"] == "2023-11-14T22:13:20.000Z"
@@ -190,12 +202,35 @@ def test_description_says_how_long_the_change_has_run_where_the_detector_estimat
         return alerts._firing[("chat", "m1", feature)].annotations["description"]
 
     assert description("embedding_distance", 40).endswith(
-        "(detector page_hinkley, 40 sampled outputs since the estimated onset, "
-        "detected at event 5120 of this key)"
+        "(page_hinkley, 40 sampled outputs since onset, detected at event 5,120 of this key)"
     )
     assert description("embedding", None).endswith(
-        "(detector page_hinkley, detected at event 5120 of this key)"
+        "(page_hinkley, detected at event 5,120 of this key)"
     )
+
+
+@pytest.mark.parametrize(
+    ("feature", "baseline", "current", "expected"),
+    [
+        ("output_tokens", 96.4, 311.0, "output_tokens: typical 96 tokens → 311 tokens"),
+        ("latency", 812.0, 2440.0, "latency: typical 812 ms → 2,440 ms"),
+        ("paragraphs", 2.0, 5.04, "paragraphs: typical 2.0 paragraphs → 5.0 paragraphs"),
+        ("refusal", 2.0, 9.53, "refusal: rate 2.0 % → 9.5 %"),
+        ("must_cite_source", 99.0, 71.25, "must_cite_source: rate 99.0 % → 71.2 %"),
+        ("sentence_words", 14.2, 21.75, "sentence_words: mean 14.2 words → 21.8 words"),
+        ("feedback", 0.42, -0.1, "feedback: mean 0.42 score → -0.1 score"),
+        ("embedding_distance", 0.84, 1.32, "embedding_distance: typical 0.84 distance → 1.32"),
+        ("embedding", 30.25, 52.1, "embedding: statistic 52.1 over threshold 30.2"),
+    ],
+)
+def test_description_speaks_the_features_own_units(
+    feature: str, baseline: float, current: float, expected: str
+) -> None:
+    alerts = AlertSender(AlertmanagerSettings(), None)
+    detection = {**DETECTION, "baseline": baseline, "current": current}
+    alerts.fire("chat", "m1", feature, **detection)
+    description = alerts._firing[("chat", "m1", feature)].annotations["description"]
+    assert description.startswith(expected), description
 
 
 def test_detection_time_in_the_future_is_clamped(metrics: Metrics) -> None:
@@ -230,6 +265,9 @@ def test_4xx_is_counted_rejected_and_not_retried(
             alerts.fire("chat", "m1", "output_chars", **DETECTION)
             wait_for(lambda: sent(registry, "rejected") == 1)
             time.sleep(0.3)
+            # A failed attempt, and nothing owed: it will never be accepted.
+            assert failures(registry, url.rstrip("/"), "http_4xx") == 1
+            assert undelivered(registry, url.rstrip("/")) == 0
         assert recorder.count() == 1
     assert sent(registry, "ok") == sent(registry, "error") == 0
 
@@ -242,6 +280,9 @@ def test_5xx_is_retried_with_backoff(registry: CollectorRegistry, metrics: Metri
     ):
         alerts.fire("chat", "m1", "output_chars", **DETECTION)
         wait_for(lambda: sent(registry, "ok") == 1)
+        label = url.rstrip("/")
+        assert failures(registry, label, "http_5xx") == 2  # each attempt, before the last
+        assert undelivered(registry, label) == 0
     assert recorder.count() == 3
     assert sent(registry, "error") == 0
 
@@ -270,13 +311,102 @@ def test_failures_log_one_warning_per_batch(registry: CollectorRegistry, metrics
             alerts.fire("chat", "m1", "output_chars", **DETECTION)
             wait_for(lambda: sent(registry, "error") == 1)
     warnings = [entry for entry in logs if entry["log_level"] == "warning"]
-    assert [(w["event"], w["alerts"]) for w in warnings] == [
+    assert [(w["event"], w.get("alerts")) for w in warnings] == [
         ("alertmanager rejected alerts", 1),
+        ("alertmanager send failing; retrying", None),  # at once: the first failed attempt
         ("alertmanager unreachable; alerts kept for the next resend", 1),
     ]
     assert warnings[0]["status"] == 422
     assert warnings[0]["response"] == "bad alert"
-    assert warnings[1]["attempts"] == 3
+    assert (warnings[1]["url"], warnings[1]["error_type"]) == (down, "connection")
+    assert warnings[2]["attempts"] == 3
+
+
+def test_a_failing_url_logs_at_once_then_once_per_interval(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    settings = AlertmanagerSettings(urls=[down], max_retries=1000)
+    with (
+        structlog.testing.capture_logs() as logs,
+        sender(
+            settings, metrics, initial_backoff=0.02, max_backoff=0.02, failure_log_interval=0.5
+        ) as alerts,
+    ):
+        alerts.fire("chat", "m1", "output_chars", **DETECTION)
+        wait_for(lambda: failures(registry, down, "connection") >= 1)
+        first = [e for e in logs if e["log_level"] == "warning"]  # logged before retrying
+        assert [e["event"] for e in first] == ["alertmanager send failing; retrying"]
+        wait_for(lambda: any(e["event"] == "alertmanager still failing" for e in logs))
+        wait_for(lambda: failures(registry, down, "connection") >= 40)
+        attempts = failures(registry, down, "connection")
+        logged = [e for e in logs if e["log_level"] == "warning"]
+        assert sent(registry, "error") == 0  # retries not spent: the outage showed before
+    still = [e for e in logged if e["event"] == "alertmanager still failing"]
+    # Rate-limited: far fewer lines than failed attempts, and each says how many it covers.
+    assert len(logged) == 1 + len(still) and len(logged) < attempts / 4
+    assert sum(e["failures"] for e in still) <= attempts - 1
+    assert all(e["url"] == down and e["error_type"] == "connection" for e in logged)
+    assert all(e["undelivered"] == 1 for e in still)
+
+
+def test_timeouts_are_counted_as_timeouts(registry: CollectorRegistry, metrics: Metrics) -> None:
+    with socket.socket() as hung:  # accepts connections, never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)
+        url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        settings = AlertmanagerSettings(urls=[url], timeout_seconds=0.2, max_retries=1000)
+        with sender(settings, metrics) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: failures(registry, url, "timeout") >= 2)
+            assert undelivered(registry, url) == 1
+            assert failures(registry, url, "connection") == 0
+
+
+def test_error_kinds_are_a_small_bounded_set() -> None:
+    refused = urllib.error.URLError(ConnectionRefusedError(111, "refused"))
+    assert error_kind(refused) == "connection"
+    assert error_kind(urllib.error.URLError(socket.gaierror(-2, "unknown host"))) == "connection"
+    assert error_kind(urllib.error.URLError(TimeoutError("timed out"))) == "timeout"
+    assert error_kind(TimeoutError()) == "timeout"
+    assert error_kind(urllib.error.URLError(ssl.SSLCertVerificationError(1, "bad"))) == "tls"
+    assert error_kind(http.client.RemoteDisconnected("closed")) == "connection"
+    assert error_kind(http.client.BadStatusLine("garbage")) == "protocol"
+    for code, kind in ((400, "http_4xx"), (429, "http_4xx"), (502, "http_5xx")):
+        assert error_kind(urllib.error.HTTPError("http://x", code, "", Message(), None)) == kind
+
+
+@pytest.mark.parametrize(
+    ("url", "label"),
+    [
+        ("http://alertmanager:9093", "http://alertmanager:9093"),
+        ("https://am.example/prefix/", "https://am.example/prefix"),
+        ("https://drift:s3cret@am.example:9443/?token=abc#x", "https://am.example:9443"),
+        ("http://[::1]:9093/", "http://[::1]:9093"),
+    ],
+)
+def test_url_label_has_no_credentials_or_query(url: str, label: str) -> None:
+    assert safe_url(url) == label
+
+
+def test_undelivered_gauge_counts_alerts_not_yet_accepted(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    clock = Clock()
+    settings = AlertmanagerSettings(urls=[down], max_retries=0, resend_interval_seconds=60)
+    with sender(settings, metrics, clock=clock) as alerts:
+        assert undelivered(registry, down) == 0  # exported from the start
+        alerts.fire("chat", "m1", "output_chars", **DETECTION)
+        alerts.fire("chat", "m1", "refusal", **DETECTION)
+        wait_for(lambda: sent(registry, "error") == 2)
+        # Retries spent: still owed until the next resend delivers them.
+        assert undelivered(registry, down) == 2
+        alerts.forget("chat", "m1", "refusal")  # no longer ours to send
+        assert undelivered(registry, down) == 1
+        alerts.resolve("chat", "m1", "output_chars")  # the resolve is owed now
+        wait_for(lambda: sent(registry, "error") == 3)
+        assert undelivered(registry, down) == 1
 
 
 def test_basic_auth_header_is_sent(metrics: Metrics) -> None:
@@ -587,7 +717,9 @@ def test_fired_alert_shows_up_in_alertmanager(alertmanager: str, metrics: Metric
         "team": "ml",
     }
     assert alert["annotations"]["summary"] == "output_chars drifted on support-chat / gpt-4o"
-    assert "baseline 6.8 to 7.42" in alert["annotations"]["description"]
+    assert alert["annotations"]["description"].startswith(
+        "output_chars: typical 412 characters → 1,030 characters (page_hinkley, "
+    )
     assert alert["annotations"]["detected_at"] == rfc3339(detected_at)
     assert alert["status"]["state"] in ("active", "unprocessed")
 
@@ -637,3 +769,40 @@ def test_alert_fired_while_alertmanager_is_down_arrives_when_it_comes_up(
             wait_for(lambda: len(am_alerts(base)) == 1, timeout=20)
             assert am_alerts(base)[0]["labels"]["feature"] == "output_chars"
             assert sent(registry, "ok") == 1
+
+
+@pytest.mark.integration
+@needs_alertmanager
+def test_an_outage_shows_at_once_and_clears_when_alertmanager_accepts(
+    tmp_path: Path, registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = AlertmanagerSettings(urls=[url], max_retries=1000)
+    with (
+        structlog.testing.capture_logs() as logs,
+        sender(settings, metrics, initial_backoff=0.2, max_backoff=0.5) as alerts,
+    ):
+        started = time.monotonic()
+        alerts.fire("chat", "m1", "output_chars", **{**DETECTION, "detected_at": time.time()})
+        alerts.fire("chat", "m1", "refusal", **{**DETECTION, "detected_at": time.time()})
+        # The first failed attempt counts, far before 1 000 retries are spent.
+        wait_for(lambda: failures(registry, url, "connection") >= 1, timeout=10)
+        assert sent(registry, "error") == 0
+        assert undelivered(registry, url) == 2
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert [(e["event"], e["url"], e["error_type"]) for e in warnings] == [
+            ("alertmanager send failing; retrying", url, "connection")
+        ]
+        print(f"first failure visible after {time.monotonic() - started:.3f} s")
+        wait_for(lambda: failures(registry, url, "connection") >= 3, timeout=10)
+        assert undelivered(registry, url) == 2
+        with run_alertmanager(tmp_path / "am", port) as base:
+            wait_for(lambda: len(am_alerts(base)) == 2, timeout=20)
+            wait_for(lambda: undelivered(registry, url) == 0, timeout=5)
+            (recovered,) = [e for e in logs if e["event"] == "alertmanager reachable again"]
+            assert recovered["url"] == url and recovered["failures"] >= 3
+            assert recovered["log_level"] == "info"
+            by_feature = {a["labels"]["feature"]: a for a in am_alerts(base)}
+            description = by_feature["output_chars"]["annotations"]["description"]
+            assert "typical 412 characters → 1,030 characters" in description

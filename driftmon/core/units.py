@@ -30,6 +30,9 @@ PLAIN_FEATURES: Final = {
     "sentence_words": "words",
     "feedback": "score",
     "embedding_distance": "distance",
+    # The MEWMA detector on the whole vector: a detection's baseline is its threshold,
+    # current its statistic.
+    "embedding": "statistic",
 }
 
 
@@ -64,3 +67,27 @@ def format_value(feature: str, value: float) -> str:
     if feature in LOG_FEATURES:
         return f"{value:,.1f} {u}" if abs(value) < 10 else f"{value:,.0f} {u}"
     return f"{value:.3g} {u}" if abs(value) < 100 else f"{value:,.0f} {u}"
+
+
+def describe_change(feature: str, baseline: float, current: float) -> str:
+    """Baseline → current for people, both in display units:
+    ``'typical 412 characters → 1,030 characters'``, ``'rate 2.0 % → 9.5 %'``.
+
+    Counts on the log scale are *typical* values (see the module docstring), 0/1 features
+    rates; the MEWMA detection on whole embeddings shows its statistic against its
+    threshold.
+
+    >>> describe_change("output_chars", to_display("output_chars", 6.024), 1030.4)
+    'typical 412 characters → 1,030 characters'
+    >>> describe_change("refusal", 2.0, 9.53)
+    'rate 2.0 % → 9.5 %'
+    """
+    if feature == "embedding":
+        return f"statistic {current:.3g} over threshold {baseline:.3g}"
+    if feature in LOG_FEATURES or feature == "embedding_distance":
+        word = "typical"
+    elif unit(feature) == "%":
+        word = "rate"
+    else:
+        word = "mean"
+    return f"{word} {format_value(feature, baseline)} → {format_value(feature, current)}"

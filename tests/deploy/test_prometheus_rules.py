@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from driftmon.core.units import LOG_FEATURES, PLAIN_FEATURES
 from tests.deploy.conftest import (
     REPO,
     RULES,
@@ -26,12 +27,14 @@ EXPECTED_ALERTS = {
     "DriftmonConsumerLagGrowing",
     "DriftmonRejectionSpike",
     "DriftmonAlertQueueOverflow",
+    "DriftmonAlertsUndelivered",
 }
 RUNBOOK_BASE = "https://github.com/driftmon/driftmon/blob/main/README.md#runbook-"
 # Metrics the rules may read beyond SPEC §5 (besides Prometheus's own `up`): the
 # alert-queue overflow counter, which SPEC §5 does not list but driftmon.metrics
-# exports, unlabelled and so present at 0 from start-up.
-EXTRA_RULE_METRICS = {"driftmon_alert_queue_dropped_total"}
+# exports, unlabelled and so present at 0 from start-up; the undelivered-alerts gauge,
+# exported at 0 per Alertmanager URL from start-up.
+EXTRA_RULE_METRICS = {"driftmon_alert_queue_dropped_total", "driftmon_alerts_undelivered"}
 
 
 def rules() -> list[dict[str, Any]]:
@@ -133,3 +136,12 @@ def test_unit_tests_cover_every_alert_firing_and_silent() -> None:
             (fires if case.get("exp_alerts") else silent).add(case["alertname"])
     assert fires == EXPECTED_ALERTS, f"never shown firing: {EXPECTED_ALERTS - fires}"
     assert silent == EXPECTED_ALERTS, f"never shown silent: {EXPECTED_ALERTS - silent}"
+
+
+def test_drift_description_names_the_unit_of_every_feature() -> None:
+    # The value and baseline gauges are in each feature's own unit (driftmon.core.units);
+    # the description says which, with percent for every other (0/1) feature.
+    description = alerts()["DriftmonOutputDrift"]["annotations"]["description"]
+    for feature in {**LOG_FEATURES, **PLAIN_FEATURES}:
+        assert f'eq $f "{feature}"' in description, feature
+    assert "{{ else }}In % of answers.{{ end }}" in description
