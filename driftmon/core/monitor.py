@@ -20,6 +20,7 @@ from driftmon.core.detectors import (
     update_streams,
 )
 from driftmon.core.embeddings import EmbeddingStream, Vector
+from driftmon.core.units import to_display, unit
 
 SNAPSHOT_VERSION = 3  # 2: warm-up buffers as float32, none for 0/1 features; 3: compiled
 # FeatureStream fields, embedding_distance fed as normal scores
@@ -27,7 +28,12 @@ SNAPSHOT_VERSION = 3  # 2: warm-up buffers as float32, none for 0/1 features; 3:
 
 @dataclass(slots=True)
 class Detection:
-    """A detector firing on one feature of one key (SPEC §3 report object, plus extras)."""
+    """A detector firing on one feature of one key (SPEC §3 report object, plus extras).
+
+    ``baseline`` and ``current`` are in the feature's own unit (characters, %, …; see
+    :mod:`driftmon.core.units`); ``statistic`` and ``threshold`` are the detector's own,
+    on the internal scale.
+    """
 
     endpoint: str
     model: str
@@ -56,7 +62,13 @@ class Detection:
             "kind": self.kind,
             "baseline": round(self.baseline, 6),
             "current": round(self.current, 6),
+            "unit": self.unit,
         }
+
+    @property
+    def unit(self) -> str:
+        """The unit of ``baseline`` and ``current``: ``'characters'``, ``'%'``, …"""
+        return unit(self.feature)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,15 +85,16 @@ class KeyState:
     embedding: EmbeddingStream | None = None
 
     def display(self, feature: str, value: float) -> float:
-        """A stream's value in the feature's own units, for metrics and views.
+        """A stream's value (as fed to its detectors) in the feature's own unit, for
+        detections, metrics and views: counts from their log scale, 0/1 rates in percent
+        (:func:`driftmon.core.units.to_display`).
 
         ``embedding_distance`` streams are fed normal scores (see
         :meth:`Monitor.update_embedding`); this maps them back to distances (NaN while
-        the embedding reference is being learned again: there is no scale yet). Every
-        other feature is shown as it is fed.
+        the embedding reference is being learned again: there is no scale yet).
         """
         if feature != "embedding_distance":
-            return value
+            return to_display(feature, value)
         if self.embedding is None or not self.embedding.reference.calibrated:
             return math.nan
         return self.embedding.reference.score_distance(value)
@@ -106,7 +119,9 @@ class Monitor:
         self._feature_count = feature_count
         self._keys: OrderedDict[tuple[str, str], KeyState] = OrderedDict()
         self.keys_evicted = 0
-        self._evicted: list[KeyState] = []
+        # Only the identities: a flood of new keys between two drains must not keep every
+        # evicted key's detector state alive (memory bounded by max_keys, not by churn).
+        self._evicted: list[tuple[str, str]] = []
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -126,8 +141,9 @@ class Monitor:
     def get(self, endpoint: str, model: str) -> KeyState | None:
         return self._keys.get((endpoint, model))
 
-    def drain_evicted(self) -> list[KeyState]:
-        """Keys evicted since the last call (the daemon removes their metric series)."""
+    def drain_evicted(self) -> list[tuple[str, str]]:
+        """``(endpoint, model)`` of the keys evicted since the last call, oldest first
+        (the daemon drops their drift series and sampler state)."""
         out, self._evicted = self._evicted, []
         return out
 
@@ -145,7 +161,7 @@ class Monitor:
             while len(keys) > cfg.max_keys:
                 _, old = keys.popitem(last=False)
                 self.keys_evicted += 1
-                self._evicted.append(old)
+                self._evicted.append((old.endpoint, old.model))
         else:
             keys.move_to_end(k)
         state.last_seen = now
@@ -173,8 +189,8 @@ class Monitor:
                 model,
                 a.feature,
                 a.detector,
-                a.baseline,
-                a.current,
+                state.display(a.feature, a.baseline),
+                state.display(a.feature, a.current),
                 a.statistic,
                 a.threshold,
                 state.events,
@@ -193,8 +209,9 @@ class Monitor:
         feature (Page-Hinkley and ADWIN like any other), fed as its normal score against
         the reference's held-out distances (:attr:`EmbeddingStep.scores`: the held-out
         ones at once when the reference is calibrated, then one per vector), since the
-        distance's own long lower tail defeats the detectors' calibration; a detection
-        reports its baseline and current value mapped back to distances. The vector
+        distance's own long lower tail defeats the detectors' calibration; like every
+        detection, it reports its baseline and current value in display units, here
+        mapped back to distances (before the reference is re-learned). The vector
         itself feeds the ``mewma`` detector (feature ``embedding``). A detection by
         either re-learns both, since the distance is measured against the embedding
         reference.
@@ -233,9 +250,6 @@ class Monitor:
                 if found:
                     break
             if found:
-                for d in found:  # shown in distance units, not scores
-                    d.baseline = state.display(d.feature, d.baseline)
-                    d.current = state.display(d.feature, d.current)
                 emb.relearn()
         return found
 
