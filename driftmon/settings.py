@@ -1,22 +1,31 @@
 """The single settings model: a YAML file overlaid by ``DRIFTMON_<SECTION>__<KEY>`` env vars.
 
 Precedence (highest first): explicit init arguments, environment, YAML file, defaults.
-The YAML path comes from ``--config`` or ``DRIFTMON_CONFIG``.
+The YAML path comes from ``--config`` or ``DRIFTMON_CONFIG``. In the environment a list
+setting is a comma-separated string or a JSON list, a map setting ``k=v,k2=v2`` or a JSON
+object (SPEC §7); every error names the variable or the file and key.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
+import types
 import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_PREAMBLES = [
     r"sure\b",
@@ -239,10 +248,129 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlSource(settings_cls))
+        return (init_settings, _EnvSource(settings_cls), _YamlSource(settings_cls))
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names the variable or file and key."""
+
+
+ENV_PREFIX = "DRIFTMON_"
+ENV_DELIMITER = "__"
+_ENV_FORMS = {
+    "list": 'a comma-separated list (a,b) or a JSON list (["a", "b"])',
+    "pairs": 'k=v pairs (k1=v1,k2=v2) or a JSON object ({"k1": "v1"})',
+    "object": "a JSON object",
+}
+_JSON_FORMS = {"list": "a JSON list", "pairs": "a JSON object", "object": "a JSON object"}
+_YAML_FORMS = {"list": "a YAML list", "pairs": "a YAML mapping", "object": "a YAML mapping"}
+_SCALARS = (str, int, float, bool)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+def _annotation_at(path: list[str]) -> Any:
+    """The type of the setting at ``path`` (section, key, ... as in the env var), or None."""
+    annotation: Any = Settings
+    for part in path:
+        annotation = _unwrap_optional(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part.lower())
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return _unwrap_optional(annotation)
+
+
+def _kind(annotation: Any) -> str | None:
+    """How a setting is written in the environment: ``list``, ``pairs``, ``object`` or None
+    for a scalar, which pydantic parses itself."""
+    origin = get_origin(annotation) or annotation
+    if origin in (list, set, frozenset, tuple):
+        return "list"
+    if origin is dict:
+        args = get_args(annotation)
+        return "pairs" if not args or _unwrap_optional(args[1]) in _SCALARS else "object"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "object"
+    return None
+
+
+def _env_to_json(variable: str, kind: str, value: str) -> str:
+    """The environment's form of a list or map setting, as the JSON pydantic-settings reads."""
+    expected = f"{variable}: expected {_ENV_FORMS[kind]}"
+    text = value.strip()
+    if text.startswith(("[", "{")) or kind == "object":
+        try:
+            decoded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{expected}; not valid JSON: {exc}") from None
+        wanted = list if kind == "list" else dict
+        if not isinstance(decoded, wanted):
+            raise ConfigError(f"{expected}; got a JSON {type(decoded).__name__}")
+        return text
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if kind == "list":
+        return json.dumps(items)
+    pairs = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{expected}; {item!r} is not k=v")
+        pairs[key.strip()] = val.strip()
+    return json.dumps(pairs)
+
+
+class _EnvSource(EnvSettingsSource):
+    """The environment, with list and map settings also in their natural shell forms.
+
+    pydantic-settings JSON-decodes every complex value; list and map values are rewritten
+    to JSON first, here, where the variable's name is still known for the error."""
+
+    def __call__(self) -> dict[str, Any]:
+        env_vars = dict(self.env_vars)
+        for name, value in self.env_vars.items():
+            if value is None or not name.upper().startswith(ENV_PREFIX):
+                continue
+            path = name[len(ENV_PREFIX) :].split(ENV_DELIMITER)
+            kind = _kind(_annotation_at(path))
+            if kind is not None:
+                env_vars[name] = _env_to_json(name.upper(), kind, value)
+        self.env_vars = env_vars
+        return super().__call__()
 
 
 _config_file: ContextVar[str | None] = ContextVar("driftmon_config_file", default=None)
+
+
+def _yaml_path() -> str | None:
+    return _config_file.get() or os.environ.get("DRIFTMON_CONFIG") or None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        # A stream, not its text: YAML errors then name the file, not "<unicode string>".
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
 
 
 class _YamlSource(PydanticBaseSettingsSource):
@@ -252,23 +380,47 @@ class _YamlSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = _config_file.get() or os.environ.get("DRIFTMON_CONFIG")
-        if not path:
-            return {}
-        data = yaml.safe_load(Path(path).read_text())
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
-        return data
+        path = _yaml_path()
+        return _read_yaml(path) if path else {}
 
 
-class ConfigError(Exception):
-    """Configuration that cannot be used; the message names the field."""
+def _env_variable(loc: tuple[str, ...]) -> str | None:
+    """The set variable that supplied the setting at ``loc`` (or the section holding it)."""
+    names = {name.upper() for name in os.environ}
+    for n in range(len(loc), 0, -1):
+        variable = ENV_PREFIX + ENV_DELIMITER.join(loc[:n]).upper()
+        if variable in names:
+            return variable
+    return None
+
+
+def _in_yaml(data: Any, loc: tuple[str, ...]) -> bool:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _describe(err: Any, yaml_data: dict[str, Any] | None, yaml_path: str | None) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc)
+    kind = _kind(_annotation_at(list(loc)))
+    variable = _env_variable(loc)
+    if variable is not None:
+        exact = variable == ENV_PREFIX + ENV_DELIMITER.join(loc).upper()
+        where, forms = f"{variable} ({key})", _ENV_FORMS if exact else _JSON_FORMS
+    elif yaml_data is not None and _in_yaml(yaml_data, loc):
+        where, forms = f"{yaml_path}: {key}", _YAML_FORMS
+    else:
+        where, forms = key, _YAML_FORMS
+    hint = f" (expected {forms[kind]})" if kind is not None else ""
+    return f"{where}: {err['msg']}{hint}"
 
 
 def load_settings(config_file: str | Path | None = None) -> Settings:
-    """Load settings, turning every validation problem into a ConfigError naming the field."""
+    """Load settings, turning every problem into a ConfigError naming the variable or file
+    and key, and the expected form."""
     from pydantic import ValidationError
 
     if config_file is not None and not Path(config_file).is_file():
@@ -277,12 +429,11 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"{field}: {err['msg']}")
+        path = _yaml_path()
+        data = _read_yaml(path) if path else None
+        lines = [_describe(err, data, path) for err in exc.errors()]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
-    except (yaml.YAMLError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read configuration: {exc}") from None
     finally:
         _config_file.reset(token)
