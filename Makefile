@@ -38,8 +38,9 @@ lint: install
 typecheck: install
 	$(BIN)/mypy driftmon
 
+# -rsx: the run ends with why each skipped test skipped (and what to install for it).
 unit: build
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -rsx
 
 test: lint typecheck unit
 

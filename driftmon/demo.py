@@ -1,5 +1,10 @@
 """``driftmon demo``: an embedded broker, a synthetic stream with a silent upgrade, the
-daemon on it, and a live view of what it sees."""
+daemon on it, and a live view of what it sees.
+
+Ctrl-C or SIGTERM stops the daemon first (a clean checkpoint), then the producer, then the
+broker, and prints the summary. The broker runs in its own session, so the terminal's
+SIGINT, sent to the whole foreground process group, does not stop it before the daemon.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from driftmon import logs
 from driftmon.core.monitor import Detection
+from driftmon.core.units import format_value, unit
 from driftmon.daemon import Daemon
 from driftmon.settings import Settings
 from driftmon.synthetic import Upgrade, default_demo_stream
@@ -106,8 +113,10 @@ def _render(
         "and writing longer;",
         _upgrade_line(upgrade, upgrade_at) + " (detections show partition offsets)",
         "",
-        f"{'endpoint':<15} {'events':>7}  " + "  ".join(f"{f[:12]:>18}" for f in SHOWN_FEATURES),
-        f"{'':<15} {'':>7}  " + "  ".join(f"{'now/base  PH stat':>18}" for _ in SHOWN_FEATURES),
+        "cells: now/baseline in the column's unit, Page-Hinkley statistic/threshold",
+        "",
+        f"{'endpoint':<15} {'events':>7}  " + "  ".join(f"{f[:20]:>20}" for f in SHOWN_FEATURES),
+        f"{'':<15} {'':>7}  " + "  ".join(f"{unit(f)[:20]:>20}" for f in SHOWN_FEATURES),
     ]
     for _tp, monitor in daemon.monitors():
         for key in sorted(monitor.key_states(), key=lambda k: k.endpoint):
@@ -115,22 +124,39 @@ def _render(
             for name in SHOWN_FEATURES:
                 s = key.streams.get(name)
                 if s is None:
-                    cells.append(f"{'-':>18}")
+                    cells.append(f"{'-':>20}")
                     continue
                 stat, thr = s.statistics().get("page_hinkley", (float("nan"), float("nan")))
                 if s.learning:
-                    cells.append(f"{'learning':>18}")
+                    cells.append(f"{'learning':>20}")
                 else:
-                    cells.append(f"{s.current:5.2f}/{s.baseline:<5.2f} {stat:3.0f}/{thr:<3.0f}")
+                    now, base = key.display(name, s.current), key.display(name, s.baseline)
+                    values = f"{_short(now)}/{_short(base)}"
+                    cells.append(f"{values:>12} {stat:3.0f}/{thr:<3.0f}")
             rows.append(f"{key.endpoint[:15]:<15} {key.events:>7,}  " + "  ".join(cells))
     rows.append("")
     rows.append(f"detections ({len(detections)}):")
     for d in detections[-12:]:
         rows.append(
             f"  offset {d.event_index:>6}  {d.endpoint:<14} {d.feature:<15} {d.detector:<12} "
-            f"baseline {d.baseline:7.3f} → current {d.current:7.3f}{_onset(d)}"
+            f"{_change(d)}{_onset(d)}"
         )
     return "\n".join(rows)
+
+
+def _short(value: float) -> str:
+    """A display value in a few characters: ``412``, ``1,030``, ``12.5``."""
+    if value != value:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def _change(d: Detection) -> str:
+    """A detection's baseline and current value, both in the feature's own unit."""
+    return (
+        f"baseline {format_value(d.feature, d.baseline)} "
+        f"→ current {format_value(d.feature, d.current)}"
+    )
 
 
 def _onset(d: Detection) -> str:
@@ -143,77 +169,106 @@ def demo(args: argparse.Namespace) -> int:
     if args.events:
         lines = lines[: args.events]
     tty = sys.stdout.isatty()
-    with tempfile.TemporaryDirectory(prefix="driftmon-demo-") as tmp:
-        try:
-            broker = EmbeddedBroker(log_file=Path(tmp) / "broker.log").start()
-        except BrokerUnavailable as exc:
-            print(f"driftmon demo: {exc}", file=sys.stderr)
-            return 1
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=[broker.bootstrap])
-            admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
-            admin.close()
-            port = free_port()
-            settings = _settings(broker.bootstrap, str(Path(tmp) / "state"), port)
-            logs.configure(settings.logging.level, settings.logging.format)
-            daemon = Daemon(settings)
-            detections: list[Detection] = []
-            url = f"http://127.0.0.1:{port}/metrics"
+    # From the start, so that Ctrl-C while the broker starts is as clean as later on.
+    stopping = threading.Event()
+    daemons: list[Daemon] = []
 
-            def seen(d: Detection) -> None:
-                detections.append(d)
-                if not tty:
-                    print(
-                        f"detection at offset {d.event_index}: {d.endpoint}/{d.model} "
-                        f"{d.feature} ({d.detector}) baseline {d.baseline:.3f} "
-                        f"→ current {d.current:.3f}{_onset(d)}",
-                        flush=True,
-                    )
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        for daemon in daemons:
+            daemon.request_exit()
 
-            daemon.on_detection = seen
-            stop = threading.Event()
-            sent = [0]
-            upgrade_at: dict[str, int] = {}
-            producer = threading.Thread(
-                target=_produce,
-                args=(broker.bootstrap, lines, stop, sent, upgrade, upgrade_at),
-                daemon=True,
+    # SIGHUP too: a closed terminal must not leave the broker, in its own session, behind.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+    try:
+        with tempfile.TemporaryDirectory(prefix="driftmon-demo-") as tmp:
+            try:
+                broker = EmbeddedBroker(log_file=Path(tmp) / "broker.log", own_session=True)
+                broker.start()
+            except BrokerUnavailable as exc:
+                print(f"driftmon demo: {exc}", file=sys.stderr)
+                return 1
+            try:
+                return _run(args, lines, upgrade, broker, Path(tmp), tty, stopping, daemons)
+            finally:
+                broker.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    args: argparse.Namespace,
+    lines: list[str],
+    upgrade: Upgrade,
+    broker: EmbeddedBroker,
+    tmp: Path,
+    tty: bool,
+    stopping: threading.Event,
+    daemons: list[Daemon],
+) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=[broker.bootstrap])
+    admin.create_topics([NewTopic(TOPIC, num_partitions=2, replication_factor=1)])
+    admin.close()
+    port = free_port()
+    settings = _settings(broker.bootstrap, str(tmp / "state"), port)
+    logs.configure(settings.logging.level, settings.logging.format)
+    daemon = Daemon(settings)
+    daemons.append(daemon)
+    if stopping.is_set():
+        daemon.request_exit()
+    detections: list[Detection] = []
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def seen(d: Detection) -> None:
+        detections.append(d)
+        if not tty:
+            print(
+                f"detection at offset {d.event_index}: {d.endpoint}/{d.model} "
+                f"{d.feature} ({d.detector}) {_change(d)}{_onset(d)}",
+                flush=True,
             )
-            producer.start()
-            signal.signal(signal.SIGINT, daemon.request_exit)
-            signal.signal(signal.SIGTERM, daemon.request_exit)
-            deadline = time.monotonic() + args.duration
 
-            view = [""]
+    daemon.on_detection = seen
+    stop = threading.Event()
+    sent = [0]
+    upgrade_at: dict[str, int] = {}
+    producer = threading.Thread(
+        target=_produce,
+        args=(broker.bootstrap, lines, stop, sent, upgrade, upgrade_at),
+        daemon=True,
+    )
+    producer.start()
+    deadline = time.monotonic() + args.duration
+    view = [""]
 
-            def watch() -> None:
-                done_at = None
-                while not daemon.should_exit:
-                    consumed = sum(s.pipeline.accepted for s in list(daemon.partitions.values()))
-                    view[0] = _render(
-                        daemon, detections, sent[0], len(lines), url, upgrade, upgrade_at
-                    )
-                    if tty:
-                        sys.stdout.write("\x1b[H\x1b[2J" + view[0] + "\n")
-                        sys.stdout.flush()
-                    if not producer.is_alive() and done_at is None and consumed:
-                        done_at = time.monotonic()
-                    if time.monotonic() > deadline or (done_at and time.monotonic() - done_at > 8):
-                        daemon.request_exit()
-                    time.sleep(1.0)
-                stop.set()
-
-            viewer = threading.Thread(target=watch, daemon=True)
-            viewer.start()
-            if not tty:
-                print(
-                    f"driftmon demo: producing {len(lines):,} events; metrics at {url}", flush=True
-                )
-            code = daemon.run()
-            viewer.join(timeout=3)
+    def watch() -> None:
+        done_at = None
+        while not daemon.should_exit:
+            consumed = sum(s.pipeline.accepted for s in list(daemon.partitions.values()))
+            view[0] = _render(daemon, detections, sent[0], len(lines), url, upgrade, upgrade_at)
             if tty:
-                print("\x1b[H\x1b[2J" + view[0])
-            print(f"\n{len(detections)} detections; {_upgrade_line(upgrade, upgrade_at)}.")
-            return code
-        finally:
-            broker.stop()
+                sys.stdout.write("\x1b[H\x1b[2J" + view[0] + "\n")
+                sys.stdout.flush()
+            if not producer.is_alive() and done_at is None and consumed:
+                done_at = time.monotonic()
+            if time.monotonic() > deadline or (done_at and time.monotonic() - done_at > 8):
+                daemon.request_exit()
+            time.sleep(1.0)
+
+    viewer = threading.Thread(target=watch, daemon=True)
+    viewer.start()
+    if not tty:
+        print(f"driftmon demo: producing {len(lines):,} events; metrics at {url}", flush=True)
+    # Shutdown order: the daemon (checkpoint, commit) while the broker is still up, then
+    # the producer, then the broker, and only then the summary.
+    code = daemon.run()
+    stop.set()
+    viewer.join(timeout=3)
+    producer.join(timeout=15)
+    broker.stop()
+    if tty:
+        print("\x1b[H\x1b[2J" + view[0])
+    print(f"\n{len(detections)} detections; {_upgrade_line(upgrade, upgrade_at)}.", flush=True)
+    return code

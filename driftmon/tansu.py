@@ -7,12 +7,15 @@ its data in memory: a restarted broker is empty.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -49,6 +52,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A pre-exec hook that has Linux send the broker SIGTERM when the thread that started
+    it dies, however it dies: outside the caller's process group, nothing else would stop
+    it after a SIGKILL. Resolved before the fork, so that the child only makes the call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def hook() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return hook
+
+
 class EmbeddedBroker:
     """A tansu broker on 127.0.0.1, started and stopped with the context manager.
 
@@ -63,6 +84,7 @@ class EmbeddedBroker:
         log_file: Path | None = None,
         *,
         advertised_port: int | None = None,
+        own_session: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
@@ -70,6 +92,11 @@ class EmbeddedBroker:
         # in the tests) sits in front of the broker.
         self.advertised = f"127.0.0.1:{advertised_port or self.port}"
         self._log_file = log_file
+        # The demo's broker runs in its own session: a terminal's Ctrl-C goes to the whole
+        # foreground process group, and the broker must outlive its clients' clean
+        # shutdown (stop() ends it). The tests' brokers stay in the caller's process group,
+        # so that killing a test run's group takes them along.
+        self._own_session = own_session
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,6 +119,8 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            start_new_session=self._own_session,
+            preexec_fn=_die_with_parent() if self._own_session else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

