@@ -27,7 +27,8 @@ from driftmon.tansu import free_port
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 needs_alertmanager = pytest.mark.skipif(
     not Path(ALERTMANAGER).exists(),
-    reason="prometheus-alertmanager not installed (Debian package; .ci/run installs it)",
+    reason="prometheus-alertmanager not installed: apt-get install prometheus-alertmanager "
+    "(.ci/run installs it)",
 )
 
 

@@ -30,7 +30,7 @@ from driftmon.settings import AlertmanagerSettings
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 needs_alertmanager = pytest.mark.skipif(
     shutil.which(ALERTMANAGER) is None,
-    reason=f"{ALERTMANAGER} not installed (Debian package prometheus-alertmanager)",
+    reason=f"{ALERTMANAGER} not installed: apt-get install prometheus-alertmanager",
 )
 FAST = {"initial_backoff": 0.02, "max_backoff": 0.2}
 DETECTION: dict[str, Any] = {

@@ -40,7 +40,9 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="module")
 def embedder():
     if importlib.util.find_spec("sentence_transformers") is None:
-        skip_without_model("sentence-transformers is not installed")
+        skip_without_model(
+            "sentence-transformers is not installed: pip install -e '.[embeddings]' (make does)"
+        )
     with pytest.MonkeyPatch.context() as mp:
         _block_network(mp)  # loading must not try the hub
         try:

@@ -71,7 +71,9 @@ def test_minimum_shrinkage_is_applied():
 
 
 def test_shrinkage_matches_scikit_learn():
-    covariance = pytest.importorskip("sklearn.covariance")
+    covariance = pytest.importorskip(
+        "sklearn.covariance", reason="scikit-learn is not installed (the test extra has it)"
+    )
     rng = np.random.default_rng(4)
     for n, p in ((50, 120), (300, 20)):
         x = rng.normal(size=(n, p)) @ rng.normal(size=(p, p))

