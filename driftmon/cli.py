@@ -10,7 +10,24 @@ import sys
 from driftmon import logs
 from driftmon.settings import ConfigError, Settings, load_settings, masked
 
-EXIT_OK, EXIT_FATAL, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FATAL, EXIT_CONFIG, EXIT_NOTHING_ACCEPTED = 0, 1, 2, 3
+
+REPLAY_EPILOG = """\
+Embeddings are off in replay unless --embeddings is given, whatever embeddings.enabled
+says: embedding is about 100x slower than the rest of the core. The daemon follows
+embeddings.enabled.
+
+The report lists the first rejected records as {file, line, reason, field, detail}:
+line is the 1-based line number within that file, blank lines counted (as an editor
+shows it); event_index in detections counts records across all files, blank lines not
+counted. Input is JSON Lines: one JSON object per line.
+
+exit codes:
+  0  at least one record was accepted (with or without detections)
+  1  fatal error
+  2  bad configuration, an input that is missing or a directory, embeddings unavailable
+  3  no record was accepted: every record rejected, or no records at all
+"""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -24,20 +41,38 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from driftmon.replay import replay, summary_table, write_report
 
     settings = _settings(args)
+    # Replay ignores embeddings.enabled: only the flag turns them on.
+    settings = settings.model_copy(
+        update={"embeddings": settings.embeddings.model_copy(update={"enabled": args.embeddings})}
+    )
     try:
         result = replay(args.files, settings)
+    except IsADirectoryError as exc:
+        directory = str(exc).rstrip("/")
+        print(
+            f"driftmon replay: {directory} is a directory, not a file; "
+            f"to replay the files in it: driftmon replay {directory}/*.jsonl",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     except FileNotFoundError as exc:
         print(f"driftmon replay: no such file: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except EmbeddingUnavailable as exc:
-        print(
-            f"driftmon replay: {exc} (or set DRIFTMON_EMBEDDINGS__ENABLED=false)", file=sys.stderr
-        )
+        print(f"driftmon replay: {exc} (or run without --embeddings)", file=sys.stderr)
         return EXIT_CONFIG
     print(summary_table(result))
     if args.report:
         write_report(result, args.report)
         print(f"\nreport written to {args.report}")
+    if result.accepted == 0:
+        why = (
+            "every record was rejected"
+            if result.records
+            else "the input has no records (empty or blank lines only)"
+        )
+        print(f"driftmon replay: no record was accepted: {why}", file=sys.stderr)
+        return EXIT_NOTHING_ACCEPTED
     return EXIT_OK
 
 
@@ -92,10 +127,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo(args)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``; the package metadata is only read when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from driftmon.metrics import package_version
+
+        print(f"driftmon {package_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driftmon", description="Streaming drift detection for LLM outputs."
     )
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_: str) -> argparse.ArgumentParser:
@@ -106,8 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "Run the Kafka daemon.")
     p.set_defaults(func=_cmd_run)
     p = add("replay", "Run the detectors over JSONL files ('-' reads stdin).")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.epilog = REPLAY_EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSONL files, replayed in order")
     p.add_argument("--report", metavar="OUT.json", help="write the JSON report here")
+    p.add_argument(
+        "--embeddings",
+        action="store_true",
+        help="embed sampled outputs and watch them (off by default in replay, whatever "
+        "embeddings.enabled says; about 100x slower)",
+    )
     p.set_defaults(func=_cmd_replay)
     p = add("demo", "Embedded broker + synthetic stream with a silent upgrade, live view.")
     p.add_argument("--events", type=int, default=None, help="events to produce")
@@ -116,12 +175,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("check-config", "Validate the settings and print them, secrets masked.")
     p.set_defaults(func=_cmd_check_config)
     p = add("generate", "Write a synthetic JSONL stream (with a silent upgrade) to stdout.")
-    p.add_argument("--events", type=int, default=12_000)
-    p.add_argument("--keys", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--upgrade-endpoint", default="sql-assistant")
-    p.add_argument("--upgrade-at", type=int, default=6_000, help="-1: no upgrade")
-    p.add_argument("--bad-every", type=int, default=0, help="every Nth line is garbage")
+    p.add_argument("--events", type=int, default=12_000, help="lines to write (default 12000)")
+    p.add_argument(
+        "--keys", type=int, default=4, help="(endpoint, model) keys to spread them over (default 4)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed, the same stream"
+    )
+    p.add_argument(
+        "--upgrade-endpoint",
+        default="sql-assistant",
+        help="endpoint whose model is silently upgraded (default sql-assistant)",
+    )
+    p.add_argument(
+        "--upgrade-at",
+        type=int,
+        default=6_000,
+        help="event number where the upgrade happens (default 6000; -1: no upgrade)",
+    )
+    p.add_argument(
+        "--bad-every",
+        type=int,
+        default=0,
+        help="make every Nth line garbage, to exercise rejections (default 0: none)",
+    )
     p.set_defaults(func=_cmd_generate)
     return parser
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
+import shlex
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import structlog
 
 from driftmon.core.events import Event
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
+from driftmon.core.units import format_value
 from driftmon.settings import Settings
 
 if TYPE_CHECKING:
@@ -25,22 +28,60 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+# The report lists this many rejected records (the summary fewer), details cut to this length.
+MAX_REJECTED_EXAMPLES: Final = 20
+MAX_DETAIL_CHARS: Final = 200
+SUMMARY_REJECTED_EXAMPLES: Final = 10
+# The progress line is redrawn this often; the replay loop hands it its counts every
+# PROGRESS_EVERY records, which keeps it out of the per-record cost.
+PROGRESS_SECONDS: Final = 0.25
+PROGRESS_EVERY: Final = 64
+JSONL_HINT: Final = "driftmon expects one JSON object per line (JSONL); convert with: "
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedExample:
+    """Where a rejected record is (``file``, 1-based ``line`` in that file, blank lines
+    counted as an editor does) and why. Never the record's text."""
+
+    file: str
+    line: int
+    reason: str
+    field: str | None
+    detail: str
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "reason": self.reason,
+            "field": self.field,
+            "detail": self.detail,
+        }
+
+
 @dataclass
 class ReplayResult:
     records: int = 0
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    rejected_examples: list[RejectedExample] = field(default_factory=list)
     key_events: Counter[tuple[str, str]] = field(default_factory=Counter)
     detections: list[Detection] = field(default_factory=list)
     seconds: float = 0.0
+    embeddings: bool = False
     embedded: int = 0
+    # One line per input that looks like JSON but not JSON Lines (a pretty-printed array…).
+    hints: list[str] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
-        """The JSON report of SPEC §3."""
+        """The JSON report of SPEC §3 and §7."""
         return {
             "events": self.records,
             "accepted": self.accepted,
             "rejected": dict(sorted(self.rejected.items())),
+            "rejected_examples": [r.report() for r in self.rejected_examples],
+            "embedded": self.embedded,
             "keys": [
                 {"endpoint": ep, "model": m, "events": n}
                 for (ep, m), n in sorted(self.key_events.items())
@@ -49,52 +90,116 @@ class ReplayResult:
         }
 
 
-class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02}:{secs:02}" if hours else f"{minutes}:{secs:02}"
 
-    def __init__(self, total_bytes: int | None, stream: IO[str]) -> None:
+
+class _Progress:
+    """A one-line progress display on a terminal: records, rate, detections, and the ETA
+    when the input's size is known; silent otherwise.
+
+    A thread redraws it every ``interval`` seconds, so it moves while the replay loop is
+    blocked (an embedding batch, a slow pipe); the loop hands it its counts (:meth:`note`).
+    """
+
+    def __init__(
+        self,
+        total_bytes: int | None,
+        stream: IO[str],
+        interval: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.total = total_bytes
         self.stream = stream
         self.enabled = stream.isatty()
-        self.start = self.last = time.monotonic()
+        self.interval = interval
+        self.clock = clock
+        self.began = clock()
+        self.done_bytes = self.records = self.detections = 0
+        self.width = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def update(self, done_bytes: int, records: int, detections: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or now - self.last < 0.2:
-            return
-        self.last = now
-        rate = records / max(now - self.start, 1e-9)
+    def start(self) -> None:
+        self.began = self.clock()
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="replay-progress", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.draw()
+
+    def note(self, done_bytes: int, records: int, detections: int) -> None:
+        self.done_bytes, self.records, self.detections = done_bytes, records, detections
+
+    def draw(self) -> None:
+        done, records = self.done_bytes, self.records
+        elapsed = max(self.clock() - self.began, 1e-9)
+        rate = records / elapsed
         if self.total:
-            frac = min(done_bytes / self.total, 1.0)
+            frac = min(done / self.total, 1.0)
             bar = "#" * int(frac * 30)
             head = f"[{bar:<30}] {frac:5.1%}"
+            tail = f" ETA {_duration(elapsed * (self.total - done) / done)}" if done else ""
         else:
-            head = f"{done_bytes / 1e6:8.1f} MB"
-        self.stream.write(
-            f"\r{head} {records:>10,} events {rate:>9,.0f}/s {detections:>4} detections"
-        )
+            head = f"{done / 1e6:8.1f} MB"
+            tail = f" {_duration(elapsed)} elapsed"
+        text = f"{head} {records:>10,} events {rate:>9,.0f}/s {self.detections:>4} detections{tail}"
+        self.stream.write("\r" + text.ljust(self.width))
+        self.width = len(text)
         self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\r" + " " * 90 + "\r")
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
 
 
-def _lines(paths: list[str]) -> Iterator[tuple[bytes, int]]:
-    """(line, bytes read so far) for every line of every file, in order."""
-    done = 0
-    for path in paths:
-        if path == "-":
-            handle: IO[bytes] = sys.stdin.buffer
-            for line in handle:
-                done += len(line)
-                yield line, done
+def _check_inputs(paths: list[str]) -> int | None:
+    """Raise for an input that cannot be read as a file; the total size when every input
+    is a regular file (not stdin, a pipe or ``<(…)``), for the ETA."""
+    total: int | None = 0
+    for p in paths:
+        if p == "-":
+            total = None
+            continue
+        path = Path(p)
+        if path.is_dir():
+            raise IsADirectoryError(p)
+        if not path.exists():
+            raise FileNotFoundError(p)
+        if total is not None and path.is_file():
+            total += path.stat().st_size
         else:
-            with open(path, "rb") as handle:
-                for line in handle:
-                    done += len(line)
-                    yield line, done
+            total = None
+    return total
+
+
+def _open(path: str) -> AbstractContextManager[IO[bytes]]:
+    # stdin is not ours to close.
+    return nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb")
+
+
+def jsonl_hint(path: str, first_record: bytes, reason: str) -> str | None:
+    """A hint when a file's first record says the file is JSON, not JSON Lines: a
+    pretty-printed array (not_json, starting with ``[``), a pretty-printed document
+    (``{`` alone on its line) or an array on one line (not_object)."""
+    record = first_record.strip()
+    head = record[:1]
+    if not (
+        (reason == "not_json" and (head == b"[" or record == b"{"))
+        or (reason == "not_object" and head == b"[")
+    ):
+        return None
+    name = "FILE" if path == "-" else shlex.quote(path)
+    command = f"jq -c '.[]' {name}" if head == b"[" else f"jq -c . {name}"
+    return f"{path}: {JSONL_HINT}{command}"
 
 
 class _Embeddings:
@@ -135,12 +240,9 @@ def replay(
 
     With ``embeddings.enabled`` the model is loaded (or ``embedder`` used) and sampled
     outputs are embedded; :class:`~driftmon.embedding.EmbeddingUnavailable` if it cannot be.
+    ``FileNotFoundError`` or ``IsADirectoryError`` for an input that is not a file.
     """
-    for p in paths:
-        if p != "-" and not Path(p).is_file():
-            raise FileNotFoundError(p)
-    total = None if "-" in paths else sum(os.path.getsize(p) for p in paths)
-    progress = _Progress(total, progress_stream or sys.stderr)
+    total = _check_inputs(paths)
     embeddings: _Embeddings | None = None
     if settings.embeddings.enabled:
         from driftmon.embedding import Sampler, load_embedder
@@ -153,83 +255,148 @@ def replay(
         )
     else:
         pipeline = Pipeline(settings)
-    result = ReplayResult()
+    result = ReplayResult(embeddings=embeddings is not None)
+    progress = _Progress(total, progress_stream or sys.stderr)
     start = time.perf_counter()
-    index = 0
-    key_events = result.key_events
-    detections = result.detections
-    for line, done in _lines(paths):
-        if not line.strip():
-            continue
-        outcome = pipeline.process(line, index)
-        index += 1
-        event = outcome.event
-        if event is not None:
-            key_events[(event.endpoint, event.model)] += 1
-        if outcome.detections:
-            detections.extend(outcome.detections)
-        if outcome.embed and embeddings is not None and event is not None:
-            detections.extend(embeddings.add(index - 1, event))
-        if index % 4096 == 0:
-            progress.update(done, index, len(detections))
-    if embeddings is not None:
-        detections.extend(embeddings.flush())
-        # Embedding detections arrive a batch late: report everything in input order.
-        detections.sort(key=lambda d: d.event_index)
-        result.embedded = embeddings.embedded
-    progress.close()
-    result.records = index
+    progress.start()
+    try:
+        _feed(paths, pipeline, embeddings, result, progress)
+        if embeddings is not None:
+            result.detections.extend(embeddings.flush())
+            # Embedding detections arrive a batch late: report everything in input order.
+            result.detections.sort(key=lambda d: d.event_index)
+            result.embedded = embeddings.embedded
+    finally:
+        progress.close()
     result.accepted = pipeline.accepted
     result.rejected = pipeline.rejected
     result.seconds = time.perf_counter() - start
     log.info(
         "replay finished",
-        records=index,
+        records=result.records,
         rejected=sum(pipeline.rejected.values()),
-        keys=len(key_events),
-        detections=len(detections),
+        keys=len(result.key_events),
+        detections=len(result.detections),
         embedded=result.embedded,
         seconds=round(result.seconds, 2),
     )
     return result
 
 
+def _feed(
+    paths: list[str],
+    pipeline: Pipeline,
+    embeddings: _Embeddings | None,
+    result: ReplayResult,
+    progress: _Progress,
+) -> None:
+    """The replay loop: every record of every file through ``pipeline``, into ``result``."""
+    index = 0
+    done = 0
+    show_progress = progress.enabled
+    key_events = result.key_events
+    detections = result.detections
+    examples = result.rejected_examples
+    for path in paths:
+        first_index = index
+        with _open(path) as handle:
+            for line_number, line in enumerate(handle, 1):
+                done += len(line)
+                if not line.strip():
+                    continue
+                outcome = pipeline.process(line, index)
+                index += 1
+                rejection = outcome.rejection
+                if rejection is None:
+                    event = outcome.event
+                    if event is not None:
+                        key_events[(event.endpoint, event.model)] += 1
+                        if outcome.detections:
+                            detections.extend(outcome.detections)
+                        if outcome.embed and embeddings is not None:
+                            detections.extend(embeddings.add(index - 1, event))
+                else:
+                    if len(examples) < MAX_REJECTED_EXAMPLES:
+                        examples.append(
+                            RejectedExample(
+                                path,
+                                line_number,
+                                rejection.reason,
+                                rejection.field,
+                                rejection.detail[:MAX_DETAIL_CHARS],
+                            )
+                        )
+                    if index - 1 == first_index:
+                        hint = jsonl_hint(path, line, rejection.reason)
+                        if hint is not None:
+                            result.hints.append(hint)
+                if show_progress and index % PROGRESS_EVERY == 0:
+                    progress.note(done, index, len(detections))
+    result.records = index
+
+
 def summary_table(result: ReplayResult) -> str:
-    """Human summary: keys, rejections and detections."""
+    """Human summary: keys, rejections (with the first rejected records) and detections."""
+    embedded = (
+        f", {result.embedded:,} outputs embedded"
+        if result.embeddings
+        else ", embeddings off (--embeddings to enable)"
+    )
     out = [
         f"{result.records:,} records, {result.accepted:,} accepted, "
-        f"{sum(result.rejected.values()):,} rejected in {result.seconds:.1f} s"
-        + (f", {result.embedded:,} outputs embedded" if result.embedded else ""),
+        f"{sum(result.rejected.values()):,} rejected in {result.seconds:.1f} s{embedded}",
     ]
     per_key = Counter((d.endpoint, d.model) for d in result.detections)
-    out.append("")
-    out.append(f"{'endpoint':<24} {'model':<32} {'events':>9} {'detections':>10}")
+    if result.key_events:
+        out.append("")
+        out.append(f"{'endpoint':<24} {'model':<32} {'events':>9} {'detections':>10}")
     for (ep, m), n in sorted(result.key_events.items()):
         out.append(f"{ep[:24]:<24} {m[:32]:<32} {n:>9,} {per_key[(ep, m)]:>10}")
     if result.rejected:
         out.append("")
         out.append("rejected: " + ", ".join(f"{r}={n}" for r, n in sorted(result.rejected.items())))
+        out.extend(result.hints)
+        out.extend(_rejected_lines(result.rejected_examples))
     out.append("")
     if not result.detections:
         out.append("no drift detected")
     else:
-        out.append(
-            f"{'event':>8} {'endpoint':<18} {'model':<24} {'feature':<16} {'detector':<12} "
-            f"{'baseline':>9} {'current':>9} {'since onset':>11}"
-        )
-        for d in result.detections:
-            onset = "-" if d.events_since_onset is None else f"{d.events_since_onset:,}"
-            out.append(
-                f"{d.event_index:>8} {d.endpoint[:18]:<18} {d.model[:24]:<24} "
-                f"{d.feature[:16]:<16} {d.detector:<12} {d.baseline:>9.3f} {d.current:>9.3f} "
-                f"{onset:>11}"
-            )
-        out.append("")
-        out.append(
-            "since onset: the key's values of that feature since the change began, as the "
-            "detector estimates it"
-        )
+        out.extend(_detection_lines(result.detections))
     return "\n".join(out)
+
+
+def _rejected_lines(examples: list[RejectedExample]) -> list[str]:
+    if not examples:
+        return []
+    files = {e.file for e in examples}
+    shown = examples[:SUMMARY_REJECTED_EXAMPLES]
+    more = f" ({len(examples)} in the --report)" if len(examples) > len(shown) else ""
+    out = [f"first {len(shown)} rejected records{more}:"]
+    for e in shown:
+        where = f"{e.file}:{e.line}" if len(files) > 1 else f"line {e.line}"
+        out.append(f"  {where:<12} {e.reason:<14} {e.field or '-':<20} {e.detail}")
+    return out
+
+
+def _detection_lines(detections: list[Detection]) -> list[str]:
+    out = [
+        f"{'event':>8} {'endpoint':<18} {'model':<24} {'feature':<20} {'detector':<12} "
+        f"{'baseline':>18} {'current':>18} {'since onset':>11}"
+    ]
+    for d in detections:
+        onset = "-" if d.events_since_onset is None else f"{d.events_since_onset:,}"
+        out.append(
+            f"{d.event_index:>8} {d.endpoint[:18]:<18} {d.model[:24]:<24} "
+            f"{d.feature[:20]:<20} {d.detector:<12} "
+            f"{format_value(d.feature, d.baseline):>18} {format_value(d.feature, d.current):>18} "
+            f"{onset:>11}"
+        )
+    out.append("")
+    out.append(
+        "since onset: the key's values of that feature since the change began, as the "
+        "detector estimates it"
+    )
+    return out
 
 
 def write_report(result: ReplayResult, path: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -10,7 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from driftmon.replay import replay
+from driftmon.core.events import Rejection, parse_event
+from driftmon.core.monitor import Detection
+from driftmon.replay import (
+    MAX_DETAIL_CHARS,
+    MAX_REJECTED_EXAMPLES,
+    ReplayResult,
+    _Progress,
+    replay,
+    summary_table,
+)
 from driftmon.settings import Settings
 from driftmon.synthetic import BAD_LINE_REASONS, Upgrade, generate
 
@@ -76,7 +86,8 @@ def test_report_follows_the_spec_and_indexes_count_rejected_lines(mixed_file: Pa
     dets = report["detections"]
     assert dets, "the silent upgrade must be detected"
     for d in dets:
-        assert set(d) == {
+        # SPEC §3's keys; later additions (units, ids) may come beside them.
+        assert set(d) >= {
             "event_index",
             "endpoint",
             "model",
@@ -100,7 +111,12 @@ def test_replay_is_deterministic_and_reads_stdin(mixed_file: Path, tmp_path):
     assert run_cli("replay", str(mixed_file), "--report", str(a)).returncode == 0
     proc = run_cli("replay", "-", "--report", str(b), stdin=mixed_file.read_bytes())
     assert proc.returncode == 0, proc.stderr.decode()
-    assert json.loads(a.read_text()) == json.loads(b.read_text())
+    from_file, from_stdin = json.loads(a.read_text()), json.loads(b.read_text())
+    # Only the name of the input differs.
+    assert {e["file"] for e in from_stdin["rejected_examples"]} == {"-"}
+    for e in from_stdin["rejected_examples"]:
+        e["file"] = str(mixed_file)
+    assert from_file == from_stdin
 
 
 def test_missing_file_and_bad_config_exit_2(tmp_path):
@@ -151,3 +167,71 @@ def test_default_config_file_is_valid():
         "check-config", "--config", str(Path(__file__).parents[1] / "config/driftmon.yaml")
     )
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_rejected_examples_point_at_the_rejected_lines(mixed_file: Path):
+    result = replay([str(mixed_file)], Settings(embeddings={"enabled": False}))
+    examples = result.rejected_examples
+    assert len(examples) == MAX_REJECTED_EXAMPLES
+    assert [e.line for e in examples] == sorted({e.line for e in examples})
+    assert {11, 21, 31} <= {e.line for e in examples}  # binary, deep nesting, NaN
+    lines = mixed_file.read_bytes().split(b"\n")
+    for e in examples:
+        assert e.file == str(mixed_file)
+        raw = lines[e.line - 1]
+        # The line really is rejected so: the inserted blank line is counted as a line.
+        rejection = parse_event(raw)
+        assert isinstance(rejection, Rejection)
+        assert (e.reason, e.field, e.detail) == (
+            rejection.reason,
+            rejection.field,
+            rejection.detail[:MAX_DETAIL_CHARS],
+        )
+        assert raw.decode("utf-8", "replace")[:40] not in e.detail
+    table = summary_table(result)
+    assert f"first 10 rejected records ({MAX_REJECTED_EXAMPLES} in the --report):" in table
+    assert "line 21" in table
+
+
+def test_progress_shows_rate_and_an_eta_from_bytes():
+    now = [100.0]
+    progress = _Progress(1_000, _Terminal(), clock=lambda: now[0])
+    progress.start()
+    now[0] += 2.0
+    progress.note(done_bytes=250, records=3_000, detections=2)
+    progress.draw()
+    shown = progress.stream.getvalue()
+    # A quarter of the bytes in 2 s: 6 s to go.
+    assert "25.0%" in shown and "3,000 events" in shown and "1,500/s" in shown
+    assert "2 detections" in shown and "ETA 0:06" in shown
+    progress.close()
+    assert progress.stream.getvalue().endswith(" " * progress.width + "\r")
+    stdin = _Progress(None, _Terminal(), clock=lambda: now[0])
+    stdin.start()
+    now[0] += 75.0
+    stdin.note(done_bytes=2_500_000, records=10, detections=0)
+    stdin.draw()
+    shown = stdin.stream.getvalue()
+    assert "2.5 MB" in shown and "1:15 elapsed" in shown and "ETA" not in shown
+    stdin.close()
+
+
+def test_detection_table_shows_each_feature_in_its_own_unit():
+    def detection(feature: str, baseline: float, current: float) -> Detection:
+        return Detection(
+            "sql", "m2", feature, "page_hinkley", baseline, current, 9.0, 5.0, 400, None
+        )
+
+    result = ReplayResult(
+        records=10,
+        accepted=10,
+        detections=[detection("output_chars", 401.2, 12_527.0), detection("code_fence", 0.0, 16.5)],
+    )
+    table = summary_table(result)
+    assert "401 characters" in table and "12,527 characters" in table
+    assert "0.0 %" in table and "16.5 %" in table

@@ -51,10 +51,16 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """Why a record was not accepted. ``reason`` is one of REJECTION_REASONS."""
+    """Why a record was not accepted. ``reason`` is one of REJECTION_REASONS.
+
+    ``field`` names the offending field (``"latency_ms"``, ``"feedback.value"``, an
+    OpenTelemetry attribute name) and is None when the record as a whole is at fault
+    (``not_json``, ``not_object``, ``too_large``). ``detail`` never quotes the input.
+    """
 
     reason: str
     detail: str
+    field: str | None = None
 
 
 # Endpoint and model become metric labels, so their length is bounded.
@@ -121,12 +127,13 @@ _JSON_TYPE_NAMES: Final[dict[type, str]] = {
 
 
 class _Invalid(Exception):
-    """Raised inside the parser; parse_event turns it into a Rejection."""
+    """Raised inside the parser; parse_event turns it into a Rejection about ``field``."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(message)
         self.reason = reason
-        self.detail = detail
+        self.field = field
+        self.detail = f"{field}: {message}"
 
 
 def parse_event(raw: bytes | str, *, max_bytes: int = 1_000_000) -> Event | Rejection:
@@ -151,9 +158,9 @@ def parse_event(raw: bytes | str, *, max_bytes: int = 1_000_000) -> Event | Reje
             return _completion(record)
         if kind == "feedback":
             return _feedback(record)
-        raise _Invalid("bad_type", "kind: expected 'completion' or 'feedback'")
+        raise _Invalid("bad_type", "kind", "expected 'completion' or 'feedback'")
     except _Invalid as exc:
-        return Rejection(exc.reason, exc.detail)
+        return Rejection(exc.reason, exc.detail, exc.field)
 
 
 def _too_large(raw: str | bytes | bytearray, max_bytes: int) -> bool:
@@ -180,7 +187,7 @@ def _completion(record: dict[str, Any]) -> Event:
     if latency_ms is not None:
         latency_ms = _number("latency_ms", latency_ms)
         if latency_ms < 0:
-            raise _Invalid("out_of_range", "latency_ms: must be >= 0")
+            raise _Invalid("out_of_range", "latency_ms", "must be >= 0")
     attributes = record.get("attributes")
     if attributes is not None and type(attributes) is not dict:
         raise _bad_type("attributes", "object", attributes)
@@ -212,7 +219,7 @@ def _feedback(record: dict[str, Any]) -> Event:
     model = _label(record, _MODEL_KEYS)
     value = record.get("value")
     if value is None:
-        raise _Invalid("missing_field", "value: missing")
+        raise _Invalid("missing_field", "value", "missing")
     return Event(
         kind="feedback",
         endpoint=endpoint,
@@ -232,9 +239,9 @@ def _label(record: dict[str, Any], keys: tuple[str, ...]) -> str:
             if type(value) is not str:
                 raise _bad_type(key, "string", value)
             if not 0 < len(value) <= _MAX_LABEL_CHARS:
-                raise _Invalid("out_of_range", f"{key}: length must be 1..{_MAX_LABEL_CHARS}")
+                raise _Invalid("out_of_range", key, f"length must be 1..{_MAX_LABEL_CHARS}")
             return value
-    raise _Invalid("missing_field", f"{keys[0]}: missing")
+    raise _Invalid("missing_field", keys[0], "missing")
 
 
 def _optional_str(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
@@ -258,7 +265,7 @@ def _output(record: dict[str, Any]) -> str:
         return _otel_output_text(messages)
     value = record.get(_OTEL_COMPLETION_CONTENT)
     if value is None:
-        raise _Invalid("missing_field", "output: missing")
+        raise _Invalid("missing_field", "output", "missing")
     if type(value) is not str:
         raise _bad_type(_OTEL_COMPLETION_CONTENT, "string", value)
     return value
@@ -271,7 +278,7 @@ def _otel_output_text(messages: Any) -> str:
         try:
             messages = orjson.loads(messages)
         except orjson.JSONDecodeError:
-            raise _Invalid("bad_type", f"{key}: string is not a JSON array") from None
+            raise _Invalid("bad_type", key, "string is not a JSON array") from None
     if type(messages) is not list:
         raise _bad_type(key, "array", messages)
     texts: list[str] = []
@@ -325,7 +332,7 @@ def _token_count(record: dict[str, Any], keys: tuple[str, ...]) -> int | None:
         elif type(value) is not int:
             raise _bad_type(key, "integer", value)
         if value < 0:
-            raise _Invalid("out_of_range", f"{key}: must be >= 0")
+            raise _Invalid("out_of_range", key, "must be >= 0")
         return int(value)
     return None
 
@@ -336,14 +343,14 @@ def _number(key: str, value: Any) -> float:
         raise _bad_type(key, "number", value)
     number = float(value)
     if not -_INF < number < _INF:
-        raise _Invalid("out_of_range", f"{key}: must be finite")
+        raise _Invalid("out_of_range", key, "must be finite")
     return number
 
 
 def _feedback_value(key: str, value: Any) -> float:
     number = _number(key, value)
     if not -1.0 <= number <= 1.0:
-        raise _Invalid("out_of_range", f"{key}: must be in [-1, 1]")
+        raise _Invalid("out_of_range", key, "must be in [-1, 1]")
     return number
 
 
@@ -355,7 +362,7 @@ def _inline_feedback(value: Any) -> tuple[float, str | None]:
         raise _bad_type("feedback.name", "string", name)
     number = value.get("value")
     if number is None:
-        raise _Invalid("missing_field", "feedback.value: missing")
+        raise _Invalid("missing_field", "feedback.value", "missing")
     return _feedback_value("feedback.value", number), name
 
 
@@ -376,7 +383,7 @@ def _timestamp(value: Any) -> float | None:
         else:
             seconds = value / 1e9
     if not 0.0 <= seconds < _MAX_EPOCH_SECONDS:
-        raise _Invalid("out_of_range", "timestamp: must be between 1970 and 9999")
+        raise _Invalid("out_of_range", "timestamp", "must be between 1970 and 9999")
     return seconds
 
 
@@ -388,7 +395,7 @@ def _parse_rfc3339(text: str) -> float:
             moment = moment.replace(tzinfo=UTC)
         return moment.timestamp()
     except (ValueError, OverflowError):
-        raise _Invalid("bad_type", "timestamp: not an RFC 3339 date-time") from None
+        raise _Invalid("bad_type", "timestamp", "not an RFC 3339 date-time") from None
 
 
 def _json_type(value: object) -> str:
@@ -396,4 +403,4 @@ def _json_type(value: object) -> str:
 
 
 def _bad_type(key: str, expected: str, value: object) -> _Invalid:
-    return _Invalid("bad_type", f"{key}: expected {expected}, got {_json_type(value)}")
+    return _Invalid("bad_type", key, f"expected {expected}, got {_json_type(value)}")

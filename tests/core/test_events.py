@@ -426,6 +426,7 @@ def test_size_cap_is_inclusive() -> None:
 def test_rejection_names_the_field(record: dict[str, Any], reason: str, field: str) -> None:
     rejection = rejected(record)
     assert rejection.reason == reason
+    assert rejection.field == field
     assert rejection.detail.startswith(f"{field}: ")
     assert SECRET_OUTPUT not in rejection.detail
     assert SECRET_INPUT not in rejection.detail
@@ -458,6 +459,7 @@ def test_rejection_names_the_field(record: dict[str, Any], reason: str, field: s
 def test_opentelemetry_rejection_names_the_attribute(record: dict[str, Any], field: str) -> None:
     rejection = rejected(record)
     assert rejection.reason == "bad_type"
+    assert rejection.field == field
     assert rejection.detail.startswith(f"{field}: ")
 
 
@@ -481,6 +483,7 @@ def test_not_json(raw: bytes | str) -> None:
     rejection = parse_event(raw)
     assert isinstance(rejection, Rejection)
     assert rejection.reason == "not_json"
+    assert rejection.field is None  # the record as a whole, not one field
     assert SECRET_OUTPUT not in rejection.detail
 
 
@@ -500,7 +503,9 @@ def test_message_that_is_not_bytes_or_str_is_rejected() -> None:
     ],
 )
 def test_not_object(raw: bytes, json_type: str) -> None:
-    assert parse_event(raw) == Rejection("not_object", f"top level is {json_type}, expected object")
+    rejection = parse_event(raw)
+    assert rejection == Rejection("not_object", f"top level is {json_type}, expected object")
+    assert rejection.field is None
 
 
 def test_too_large_is_checked_before_parsing() -> None:
@@ -557,6 +562,7 @@ KNOWN_KEYS = sorted({key for event in VALID_EVENTS for key in event})
 def check_result(result: Event | Rejection) -> None:
     if isinstance(result, Rejection):
         assert result.reason in REJECTION_REASONS
+        assert result.field is None or result.detail.startswith(f"{result.field}: ")
         assert isinstance(result.detail, str) and result.detail
         assert SECRET_OUTPUT not in result.detail
         assert SECRET_INPUT not in result.detail
