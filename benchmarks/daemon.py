@@ -582,7 +582,7 @@ class _StubConsumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         return None
 
-    def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+    def commit(self, offsets: dict[TopicPartition, Any], timeout_ms: int | None = None) -> None:
         pass
 
 

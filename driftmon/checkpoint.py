@@ -16,12 +16,14 @@ to one process (stale temp files are removed on start-up) and be private (the st
 >>> with tempfile.TemporaryDirectory() as tmp:
 ...     store = DirectoryCheckpointStore(Path(tmp))
 ...     store.save(Checkpoint("llm.outputs", 3, 42, b"state", written_at=1.5))
-...     store.load("llm.outputs", 3)
-Checkpoint(topic='llm.outputs', partition=3, offset=42, state=b'state', written_at=1.5, drifts=())
+...     loaded = store.load("llm.outputs", 3)
+>>> loaded.offset, loaded.state, loaded.written_at
+(42, b'state', 1.5)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -123,6 +125,10 @@ class Checkpoint:
     state: bytes  # Monitor.snapshot()
     written_at: float  # epoch seconds, passed in by the caller
     drifts: tuple[ActiveDrift, ...] = ()  # drifts active in ``state``; small, so in the header
+    # The topic's id when saved (Kafka ≥ 2.8 brokers report one): a different id on restore
+    # means the topic was recreated and the offset belongs to data that is gone. An optional
+    # header field: older files and readers simply lack it.
+    topic_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.topic or self.partition < 0 or self.offset < 0:
@@ -143,6 +149,11 @@ class CheckpointDirectoryError(OSError):
     """The checkpoint directory cannot be created or written."""
 
 
+class CheckpointFileError(CheckpointDirectoryError):
+    """A checkpoint file cannot be read or written (a full disk, a directory or a file where
+    the checkpoint should be, a volume gone read-only): the message names the path."""
+
+
 def encode(checkpoint: Checkpoint) -> bytes:
     """Fixed prefix + JSON header + state bytes."""
     header = json.dumps(
@@ -154,6 +165,7 @@ def encode(checkpoint: Checkpoint) -> bytes:
             "state_sha256": hashlib.sha256(checkpoint.state).hexdigest(),
             "state_len": len(checkpoint.state),
             "drifts": [drift.to_json() for drift in checkpoint.drifts],
+            **({"topic_id": checkpoint.topic_id} if checkpoint.topic_id is not None else {}),
         },
         sort_keys=True,
         allow_nan=False,
@@ -186,6 +198,9 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         if not isinstance(raw_drifts, list):
             raise CorruptCheckpointError(f"drifts is {type(raw_drifts).__name__}, not a list")
         drifts = tuple(ActiveDrift.from_json(raw) for raw in raw_drifts)
+        topic_id = header.get("topic_id")
+        if topic_id is not None and not isinstance(topic_id, str):
+            raise CorruptCheckpointError(f"bad topic_id {topic_id!r}")
     except CorruptCheckpointError:
         raise
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
@@ -199,7 +214,7 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         raise CorruptCheckpointError("state sha256 mismatch")
     if type(offset) is not int or offset < 0 or type(written_at) not in (int, float):
         raise CorruptCheckpointError(f"bad offset {offset!r} or written_at {written_at!r}")
-    return Checkpoint(topic, partition, offset, state, float(written_at), drifts)
+    return Checkpoint(topic, partition, offset, state, float(written_at), drifts, topic_id)
 
 
 def file_name(topic: str, partition: int) -> str:
@@ -237,12 +252,23 @@ class DirectoryCheckpointStore:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise CheckpointFileError(
+                f"checkpoint {path} cannot be read ({exc.strerror or exc}); "
+                "move it away or fix state.dir"
+            ) from exc
         try:
             return decode(data, topic, partition)
         except CorruptCheckpointError as exc:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-            os.replace(path, aside)
+            try:
+                os.replace(path, aside)
+            except OSError as move_exc:
+                raise CheckpointFileError(
+                    f"corrupt checkpoint {path} ({exc}) cannot be moved aside "
+                    f"({move_exc.strerror or move_exc})"
+                ) from move_exc
             log.warning(
                 "corrupt checkpoint moved aside; partition starts fresh from its committed offset",
                 topic=topic,
@@ -253,9 +279,16 @@ class DirectoryCheckpointStore:
             return None
 
     def save(self, checkpoint: Checkpoint) -> None:
+        """Replace the partition's file atomically; :class:`CheckpointFileError` if it
+        cannot be written."""
         data = encode(checkpoint)
         path = self.path(checkpoint.topic, checkpoint.partition)
-        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.directory)
+        except OSError as exc:
+            raise CheckpointFileError(
+                f"checkpoint {path} cannot be written ({exc.strerror or exc})"
+            ) from exc
         try:
             with os.fdopen(fd, "wb") as file:
                 file.write(data)
@@ -263,11 +296,18 @@ class DirectoryCheckpointStore:
                 os.fsync(file.fileno())
             # The bytes are durable before the rename, so the name points at old or new ones.
             os.replace(temp, path)
+            # The rename itself survives a crash only once the directory entry is synced.
+            self._fsync_directory()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                Path(temp).unlink(missing_ok=True)
+            raise CheckpointFileError(
+                f"checkpoint {path} cannot be written ({exc.strerror or exc})"
+            ) from exc
         except BaseException:
-            Path(temp).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                Path(temp).unlink(missing_ok=True)
             raise
-        # The rename itself survives a crash only once the directory entry is synced.
-        self._fsync_directory()
 
     def delete(self, topic: str, partition: int) -> None:
         self.path(topic, partition).unlink(missing_ok=True)

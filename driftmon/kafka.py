@@ -48,10 +48,14 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
     return cfg
 
 
-def make_consumer(settings: KafkaSettings) -> KafkaConsumer:
-    """A group consumer with manual commits; subscribe it with a rebalance listener."""
+def make_consumer(settings: KafkaSettings, *, bootstrap_timeout_ms: int = 30_000) -> KafkaConsumer:
+    """A group consumer with manual commits; subscribe it with a rebalance listener.
+
+    Blocks until a broker answers or ``bootstrap_timeout_ms`` passes (``KafkaTimeoutError``).
+    """
     return KafkaConsumer(
         **client_config(settings),
+        bootstrap_timeout_ms=bootstrap_timeout_ms,
         group_id=settings.group_id,
         enable_auto_commit=False,
         auto_offset_reset=settings.auto_offset_reset,
@@ -69,10 +73,30 @@ def subscribe(
     consumer.subscribe(topics=topics, listener=listener)
 
 
-def make_producer(settings: KafkaSettings) -> KafkaProducer:
+def retriable(exc: BaseException) -> bool:
+    """Whether kafka-python marks the error as transient (a lost connection, a request timed
+    out, a coordinator moving): worth retrying after a back-off."""
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+def topic_id(consumer: KafkaConsumer, topic: str) -> str | None:
+    """The topic's id in the consumer's latest metadata (brokers ≥ 2.8), else None.
+
+    A new id for a known name means the topic was deleted and created again (or the
+    cluster's data was reset): its offsets start over.
+    """
+    cluster = getattr(consumer, "_cluster", None)
+    found = cluster.topic_id(topic) if cluster is not None else None
+    if found is None or str(found) == "00000000-0000-0000-0000-000000000000":
+        return None
+    return str(found)
+
+
+def make_producer(settings: KafkaSettings, *, bootstrap_timeout_ms: int = 30_000) -> KafkaProducer:
     """Producer for dead letters and detections: durable (acks=all), batched."""
     return KafkaProducer(
         **client_config(settings),
+        bootstrap_timeout_ms=bootstrap_timeout_ms,
         acks="all",
         linger_ms=20,
         retries=2_147_483_647,

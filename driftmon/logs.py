@@ -3,17 +3,24 @@
 driftmon's own logs go through structlog. The libraries' stdlib logs (kafka-python says
 *why* a connection failed — a refused TLS certificate, a wrong SASL password — only
 there, and silences itself with a NullHandler) are rendered the same way, from WARNING up:
-their INFO level is one line per connection attempt.
+their INFO level is one line per connection attempt. While a broker is down kafka-python
+repeats the same few warnings several times a second: each (logger, message template) is
+written at most once per ``REPEAT_WINDOW_SECONDS``, the next line carrying ``suppressed``,
+the count of lines left out.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 
 import structlog
 
 LIBRARY_LEVEL = logging.WARNING
+REPEAT_WINDOW_SECONDS = 30.0
 
 
 class _DropSlowTaskWarnings(logging.Filter):
@@ -23,6 +30,35 @@ class _DropSlowTaskWarnings(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name == "kafka.net.selector" and str(record.msg).startswith("Task "))
+
+
+class _RateLimitRepeats(logging.Filter):
+    """One record per (logger, message template) per window; the next one let through says
+    how many were dropped in between (as ``suppressed``)."""
+
+    def __init__(
+        self, window: float = REPEAT_WINDOW_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._lock = threading.Lock()  # records come from kafka-python's IO threads too
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # → (last written, dropped)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            last, dropped = self._seen.get(key, (-float("inf"), 0))
+            if now - last < self.window:
+                self._seen[key] = (last, dropped + 1)
+                return False
+            if len(self._seen) > 10_000:  # templates are few; bound it anyway
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if dropped:
+            record.suppressed = dropped
+        return True
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -51,6 +87,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(allow=("suppressed",)),
                 timestamper,
                 structlog.processors.format_exc_info,
             ],
@@ -58,6 +95,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         )
     )
     handler.addFilter(_DropSlowTaskWarnings())
+    handler.addFilter(_RateLimitRepeats())
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(max(LIBRARY_LEVEL, logging.getLevelNamesMapping()[level.upper()]))

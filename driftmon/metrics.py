@@ -1,4 +1,5 @@
-"""Every ``driftmon_*`` Prometheus metric (SPEC §5), on an injected registry, and the HTTP server.
+"""Every ``driftmon_*`` Prometheus metric (SPEC §5), on an injected registry (served by
+``driftmon.server``).
 
 prometheus_client appends ``_total`` to counter names, so ``Counter("driftmon_events", ...)``
 is exposed as ``driftmon_events_total``.
@@ -6,19 +7,17 @@ is exposed as ``driftmon_events_total``.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from driftmon.core import compiled_label
 from driftmon.core.events import REJECTION_REASONS
+from driftmon.keyseries import KeySeries
+from driftmon.server import serve as serve  # the daemon imports it from here
 
 ALERT_STATUSES: Final = ("ok", "error", "rejected")
 
@@ -43,11 +42,16 @@ class Metrics:
     >>> from prometheus_client import CollectorRegistry
     >>> registry = CollectorRegistry()
     >>> metrics = Metrics(registry, version="1.2.3")
-    >>> metrics.events.labels("chat", "m1").inc()
+    >>> metrics.key_series.publish({("chat", "m1"): 3.0}, {}, {})
     >>> registry.get_sample_value("driftmon_events_total", {"endpoint": "chat", "model": "m1"})
-    1.0
-    >>> metrics.remove_key("chat", "m1", features=[], detectors=[])
+    3.0
+    >>> metrics.key_series.publish({}, {}, {})  # the key was evicted
     >>> registry.get_sample_value("driftmon_events_total", {"endpoint": "chat", "model": "m1"})
+
+    Per-key series (events, feature value and baseline, detector statistic and threshold)
+    come from :class:`~driftmon.keyseries.KeySeries`, a snapshot published once per
+    refresh; the drift series of a key are labelled children, removed with
+    :meth:`remove_key`.
     """
 
     def __init__(self, registry: CollectorRegistry, *, version: str | None = None) -> None:
@@ -57,21 +61,10 @@ class Metrics:
         def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
             return Gauge(name, doc, labelnames=tuple(labels), registry=registry)
 
-        self.events = counter("driftmon_events", "Accepted events.", _KEY)
+        self.key_series = KeySeries()
+        registry.register(self.key_series)
         self.events_rejected = counter(
             "driftmon_events_rejected", "Rejected input records, by reason code.", ("reason",)
-        )
-        self.feature_value = gauge(
-            "driftmon_feature_value", "Recent mean of the feature.", _FEATURE
-        )
-        self.feature_baseline = gauge(
-            "driftmon_feature_baseline", "Reference (baseline) mean of the feature.", _FEATURE
-        )
-        self.detector_statistic = gauge(
-            "driftmon_detector_statistic", "Current detector test statistic.", _DETECTOR
-        )
-        self.detector_threshold = gauge(
-            "driftmon_detector_threshold", "Detector alarm threshold.", _DETECTOR
         )
         self.drift_active = gauge(
             "driftmon_drift_active", "1 while the feature is in drift, else 0.", _FEATURE
@@ -128,8 +121,8 @@ class Metrics:
         )
         self.offset_resets = counter(
             "driftmon_offset_resets",
-            "Restored or committed offsets outside the partition's log (data reset, topic "
-            "recreated, retention passed it), by reason.",
+            "Restored offsets outside the partition's log, by reason: beyond_end (broker data "
+            "reset), before_start (retention passed it), topic_recreated.",
             ("reason",),
         )
         self.kafka_retries = counter(
@@ -163,39 +156,15 @@ class Metrics:
     def remove_key(
         self, endpoint: str, model: str, features: Iterable[str], detectors: Iterable[str]
     ) -> None:
-        """Drop every series of the key (called when the key is evicted)."""
-        per_feature: tuple[Gauge, ...] = (
-            self.feature_value,
-            self.feature_baseline,
-            self.drift_active,
-            self.last_detection_timestamp,
-        )
-        per_detector: tuple[Gauge | Counter, ...] = (
-            self.detector_statistic,
-            self.detector_threshold,
-            self.drift_detections,
-        )
-        detectors = list(detectors)
-        _remove(self.events, endpoint, model)
-        for feature in features:
-            for metric in per_feature:
-                _remove(metric, endpoint, model, feature)
-            for detector in detectors:
-                for series in per_detector:
-                    _remove(series, endpoint, model, feature, detector)
-
-    def remove_key_detail(
-        self, endpoint: str, model: str, features: Iterable[str], detectors: Iterable[str]
-    ) -> None:
-        """Drop a key's per-feature value, baseline and detector gauges (not its counters
-        or drift state): the key fell out of the ``metrics.max_detail_keys`` window."""
+        """Drop a key's drift series (drift flag, last detection time, detection counts)
+        for the features and detectors that had them: the key was evicted or its
+        partition dropped. Its other series leave with the next KeySeries snapshot."""
         detectors = list(detectors)
         for feature in features:
-            _remove(self.feature_value, endpoint, model, feature)
-            _remove(self.feature_baseline, endpoint, model, feature)
+            _remove(self.drift_active, endpoint, model, feature)
+            _remove(self.last_detection_timestamp, endpoint, model, feature)
             for detector in detectors:
-                _remove(self.detector_statistic, endpoint, model, feature, detector)
-                _remove(self.detector_threshold, endpoint, model, feature, detector)
+                _remove(self.drift_detections, endpoint, model, feature, detector)
 
     def remove_partition_lag(self, topic: str, partition: int | str) -> None:
         """Drop the lag series of a partition this consumer no longer owns."""
@@ -206,59 +175,3 @@ def _remove(metric: Counter | Gauge, *labelvalues: str) -> None:
     # Older prometheus_client versions raise KeyError for a series that was never created.
     with suppress(KeyError):
         metric.remove(*labelvalues)
-
-
-def serve(
-    registry: CollectorRegistry, host: str, port: int, ready: Callable[[], bool]
-) -> tuple[ThreadingHTTPServer, threading.Thread]:
-    """Serve /metrics, /healthz and /readyz in a daemon thread.
-
-    Stop it with ``server.shutdown(); server.server_close()``.
-    """
-
-    handler = functools.partial(_Handler, registry=registry, ready=ready)
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="driftmon-metrics", daemon=True)
-    thread.start()
-    return server, thread
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def __init__(
-        self,
-        *args: Any,
-        registry: CollectorRegistry,
-        ready: Callable[[], bool],
-        **kwargs: Any,
-    ) -> None:
-        # The base constructor handles the request, so the attributes must exist first.
-        self.registry = registry
-        self.ready = ready
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            self._reply(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            self._reply(200, b"ok\n")
-        elif path == "/readyz":
-            if self.ready():
-                self._reply(200, b"ok\n")
-            else:
-                self._reply(503, b"not ready\n")
-        else:
-            self._reply(404, b"not found\n")
-
-    def _reply(
-        self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8"
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes every few seconds would flood the log."""

@@ -18,6 +18,7 @@ from driftmon.checkpoint import (
     ActiveDrift,
     Checkpoint,
     CheckpointDirectoryError,
+    CheckpointFileError,
     CheckpointStore,
     CorruptCheckpointError,
     DirectoryCheckpointStore,
@@ -291,6 +292,38 @@ def test_unusable_directory_fails_clearly(tmp_path: Path) -> None:
     not_a_directory.write_text("")
     with pytest.raises(CheckpointDirectoryError, match="not writable"):
         DirectoryCheckpointStore(not_a_directory / "checkpoints")
+
+
+def test_the_topic_id_round_trips_and_older_files_have_none(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    saved = Checkpoint("llm.outputs", 2, 7, b"s", 1.0, topic_id="8d4f3c2e-0000-4000-8000-1")
+    store.save(saved)
+    assert store.load("llm.outputs", 2) == saved
+    header_len = checkpoint_module._PREFIX.unpack_from(encode(make()))[2]
+    assert b"topic_id" not in encode(make())[: checkpoint_module._PREFIX.size + header_len]
+    assert decode(encode(make()), "llm.outputs", 2).topic_id is None
+
+
+def test_a_directory_where_the_checkpoint_should_be_is_named_clearly(tmp_path: Path) -> None:
+    store = DirectoryCheckpointStore(tmp_path)
+    store.path("llm.outputs", 2).mkdir()
+    with pytest.raises(CheckpointFileError, match=r"llm\.outputs-2\.dmck cannot be read"):
+        store.load("llm.outputs", 2)
+    with pytest.raises(CheckpointFileError, match="cannot be written"):
+        store.save(make())
+
+
+def test_a_state_dir_gone_mid_run_fails_with_the_path(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = DirectoryCheckpointStore(state)
+    store.save(make(offset=1))
+    for path in state.iterdir():
+        path.unlink()
+    state.rmdir()
+    state.write_text("a file now")  # fails for root too, unlike a chmod
+    with pytest.raises(CheckpointFileError, match=f"{state}.*cannot be written"):
+        store.save(make(offset=2))
+    assert state.read_text() == "a file now"
 
 
 def test_invalid_checkpoints_are_rejected() -> None:

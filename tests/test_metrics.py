@@ -3,6 +3,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -36,6 +37,7 @@ def test_every_spec_metric_is_exposed_under_its_spec_name(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
     _populate(metrics, "chat", "m1")
+    metrics.key_series.publish(*_snapshot(("chat", "m1")))
     metrics.consumer_lag.labels("llm-outputs", "0").set(3)
     exposed = {sample.name for family in registry.collect() for sample in family.samples}
     for name in SPEC_NAMES:
@@ -47,12 +49,12 @@ def test_labels_are_exactly_the_specs(registry: CollectorRegistry, metrics: Metr
     key = {"endpoint": "chat", "model": "m1"}
     feature = {**key, "feature": "output_chars"}
     detector = {**feature, "detector": "adwin"}
-    metrics.events.labels(**key).inc(2)
+    metrics.key_series.publish(
+        {("chat", "m1"): 2},
+        {("chat", "m1", "output_chars"): (6.8, 6.5)},
+        {("chat", "m1", "output_chars", "adwin"): (0.3, 1.5)},
+    )
     metrics.events_rejected.labels(reason="not_json").inc()
-    metrics.feature_value.labels(**feature).set(6.8)
-    metrics.feature_baseline.labels(**feature).set(6.5)
-    metrics.detector_statistic.labels(**detector).set(0.3)
-    metrics.detector_threshold.labels(**detector).set(1.5)
     metrics.drift_active.labels(**feature).set(1)
     metrics.drift_detections.labels(**detector).inc()
     metrics.last_detection_timestamp.labels(**feature).set(1_700_000_000)
@@ -100,16 +102,21 @@ def test_build_info_defaults_to_a_version(registry: CollectorRegistry) -> None:
 
 
 def _populate(metrics: Metrics, endpoint: str, model: str) -> None:
-    metrics.events.labels(endpoint, model).inc()
+    """Drift series of one key (labelled children)."""
     for feature in FEATURES:
-        metrics.feature_value.labels(endpoint, model, feature).set(1)
-        metrics.feature_baseline.labels(endpoint, model, feature).set(1)
         metrics.drift_active.labels(endpoint, model, feature).set(0)
         metrics.last_detection_timestamp.labels(endpoint, model, feature).set(1)
         for detector in DETECTORS:
-            metrics.detector_statistic.labels(endpoint, model, feature, detector).set(1)
-            metrics.detector_threshold.labels(endpoint, model, feature, detector).set(1)
             metrics.drift_detections.labels(endpoint, model, feature, detector).inc()
+
+
+def _snapshot(*keys: tuple[str, str]) -> tuple[dict, dict, dict]:
+    """A KeySeries snapshot of ``keys`` with every feature and detector."""
+    return (
+        dict.fromkeys(keys, 1.0),
+        {(*k, f): (1.0, 1.0) for k in keys for f in FEATURES},
+        {(*k, f, d): (1.0, 2.0) for k in keys for f in FEATURES for d in DETECTORS},
+    )
 
 
 def _series_of(registry: CollectorRegistry, endpoint: str, model: str) -> list[str]:
@@ -121,22 +128,77 @@ def _series_of(registry: CollectorRegistry, endpoint: str, model: str) -> list[s
     ]
 
 
-def test_remove_key_removes_every_series_of_that_key_only(
+def test_an_evicted_key_leaves_with_the_next_snapshot_and_remove_key(
     registry: CollectorRegistry, metrics: Metrics
 ) -> None:
     _populate(metrics, "chat", "m1")
     _populate(metrics, "chat", "m2")
-    assert _series_of(registry, "chat", "m1")
+    metrics.key_series.publish(*_snapshot(("chat", "m1"), ("chat", "m2")))
+    names = {s.split("{")[0] for s in _series_of(registry, "chat", "m1")}
+    assert {
+        "driftmon_events_total",
+        "driftmon_feature_value",
+        "driftmon_feature_baseline",
+        "driftmon_detector_statistic",
+        "driftmon_detector_threshold",
+        "driftmon_drift_active",
+        "driftmon_drift_detections_total",
+        "driftmon_last_detection_timestamp_seconds",
+    } <= names
     others = _series_of(registry, "chat", "m2")
 
+    metrics.key_series.publish(*_snapshot(("chat", "m2")))
     metrics.remove_key("chat", "m1", features=iter(FEATURES), detectors=iter(DETECTORS))
 
     assert _series_of(registry, "chat", "m1") == []
     assert _series_of(registry, "chat", "m2") == others
 
 
+def test_pin_shows_a_value_and_baseline_before_the_next_snapshot(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    labels = {"endpoint": "chat", "model": "m1", "feature": "refusal"}
+    metrics.key_series.pin(("chat", "m1", "refusal"), 12.5, None)
+    assert registry.get_sample_value("driftmon_feature_value", labels) == 12.5
+    metrics.key_series.pin(("chat", "m1", "refusal"), None, 2.0)
+    assert registry.get_sample_value("driftmon_feature_value", labels) == 12.5
+    assert registry.get_sample_value("driftmon_feature_baseline", labels) == 2.0
+    metrics.key_series.publish({}, {}, {})
+    assert registry.get_sample_value("driftmon_feature_value", labels) is None
+
+
+def test_scrapes_while_snapshots_are_published_and_pinned(registry: CollectorRegistry) -> None:
+    import threading
+
+    metrics = Metrics(registry)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            while not stop.is_set():
+                generate_latest(registry)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for i in range(300):
+            keys = [(f"ep{j}", "m") for j in range(i, i + 50)]
+            metrics.key_series.publish(*_snapshot(*keys))
+            for j in range(20):
+                metrics.key_series.pin((f"new{j}", "m", "refusal"), float(j), 0.0)
+    finally:
+        stop.set()
+        scraper.join(10)
+    assert errors == []
+    text = generate_latest(registry).decode()
+    assert 'driftmon_events_total{endpoint="ep299",model="m"} 1.0' in text
+    assert 'endpoint="ep0"' not in text
+
+
 def test_remove_key_ignores_series_never_created(metrics: Metrics) -> None:
-    metrics.events.labels("chat", "m1").inc()
     metrics.remove_key("chat", "m1", features=["embedding", "latency"], detectors=["mewma"])
     metrics.remove_key("never", "seen", features=FEATURES, detectors=DETECTORS)
 
@@ -184,7 +246,7 @@ def _get(url: str) -> tuple[int, str, str]:
 
 def test_server_serves_metrics(served: tuple[str, _Ready], metrics: Metrics) -> None:
     base, _ = served
-    metrics.events.labels("chat", "m1").inc(3)
+    metrics.key_series.publish({("chat", "m1"): 3.0}, {}, {})
     status, content_type, body = _get(base + "/metrics")
     assert status == 200
     assert content_type == CONTENT_TYPE_LATEST
@@ -201,24 +263,39 @@ def test_server_health_and_readiness(served: tuple[str, _Ready]) -> None:
     assert _get(base + "/nope")[0] == 404
 
 
-def test_an_evicted_keys_embedding_series_go_with_it(registry):
+def test_a_departing_keys_drift_series_go_with_it_and_only_its(
+    registry: CollectorRegistry, tmp_path: Path
+) -> None:
     # The MEWMA reports as feature "embedding", detector "mewma": not a FeatureStream, so
-    # the key's series list must name it explicitly or its series outlive the key.
-    import numpy as np
+    # the daemon must remember which drift series a key has, or they outlive the key.
+    from kafka import TopicPartition
 
-    from driftmon.core.monitor import Monitor, MonitorConfig
-    from driftmon.daemon import _series_of
+    from driftmon.checkpoint import ActiveDrift
+    from driftmon.daemon import Daemon
+    from driftmon.settings import Settings
 
-    metrics = Metrics(registry)
-    monitor = Monitor(MonitorConfig(), feature_count=lambda _e: 2)
-    monitor.update_embedding("chat", "m1", np.eye(8)[0], None)
-    monitor.update("chat", "m1", {"output_chars": 1.0}, None)
-    key = monitor.get("chat", "m1")
-    assert key is not None
-    features, detectors = _series_of(key)
-    assert "embedding" in features and "mewma" in detectors
-    metrics.drift_detections.labels("chat", "m1", "embedding", "mewma").inc()
-    metrics.drift_active.labels("chat", "m1", "embedding").set(1)
-    metrics.remove_key("chat", "m1", features, detectors)
-    text = generate_latest(registry).decode()
-    assert 'feature="embedding"' not in text
+    settings = Settings(embeddings={"enabled": False}, state={"dir": str(tmp_path)})
+    daemon = Daemon(settings, registry=registry)
+    try:
+        state = daemon._new_state()
+        daemon.partitions[TopicPartition("t", 0)] = state
+        for model, feature, detector in (
+            ("m1", "embedding", "mewma"),
+            ("m1", "refusal", "adwin"),
+            ("m2", "refusal", "page_hinkley"),
+        ):
+            drift = ActiveDrift("chat", model, feature, detector, 1.0, 9.0, 400, 12, 0.0, 0.0)
+            daemon.metrics.drift_detections.labels("chat", model, feature, detector).inc()
+            daemon._activate(drift, state)
+        text = generate_latest(registry).decode()
+        assert 'feature="embedding"' in text and 'model="m2"' in text
+        daemon.partitions.clear()  # the key is in no partition any more
+        daemon._remove_key_series("chat", "m1")
+        daemon._remove_key_series("never", "seen")  # no drift series: nothing to do
+        text = generate_latest(registry).decode()
+        # (value and baseline leave with the next KeySeries snapshot, not here)
+        left = [x for x in text.splitlines() if 'model="m1"' in x and "_feature_" not in x]
+        assert left == []
+        assert 'driftmon_drift_active{endpoint="chat",feature="refusal",model="m2"} 1.0' in text
+    finally:
+        daemon.alerts.close(timeout=1)
