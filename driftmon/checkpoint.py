@@ -24,6 +24,7 @@ to one process (stale temp files are removed on start-up) and be private (the st
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -39,9 +40,13 @@ from typing import Any, Final, Protocol
 
 import structlog
 
+from driftmon.core import units
+
 MAGIC: Final = b"DMCK"
-FORMAT_VERSION: Final = 2  # 2 added the active drifts; version 1 files still load
-_READABLE_VERSIONS: Final = (1, 2)
+# 2 added the active drifts; 3: their baseline and current values in the feature's own
+# unit (driftmon.core.units), not log1p / 0-1. Versions 1 and 2 still load.
+FORMAT_VERSION: Final = 3
+_READABLE_VERSIONS: Final = (1, 2, 3)
 # magic, format version, JSON header length, CRC-32 of the JSON header (state has its sha256)
 _PREFIX: Final = struct.Struct(">4sHII")
 _HEADER_FIELDS: Final = ("topic", "partition", "offset", "written_at", "state_sha256", "state_len")
@@ -158,6 +163,9 @@ def encode(checkpoint: Checkpoint) -> bytes:
     """Fixed prefix + JSON header + state bytes."""
     header = json.dumps(
         {
+            # Also in the CRC-covered header: a flipped bit in the prefix's version must
+            # not make a file read as an older format.
+            "format": FORMAT_VERSION,
             "topic": checkpoint.topic,
             "partition": checkpoint.partition,
             "offset": checkpoint.offset,
@@ -198,6 +206,12 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         if not isinstance(raw_drifts, list):
             raise CorruptCheckpointError(f"drifts is {type(raw_drifts).__name__}, not a list")
         drifts = tuple(ActiveDrift.from_json(raw) for raw in raw_drifts)
+        if version < 3:
+            drifts = tuple(_in_display_units(drift) for drift in drifts)
+        if header.get("format", version if version < 3 else None) != version:
+            raise CorruptCheckpointError(
+                f"format version {version} in the prefix, {header.get('format')!r} in the header"
+            )
         topic_id = header.get("topic_id")
         if topic_id is not None and not isinstance(topic_id, str):
             raise CorruptCheckpointError(f"bad topic_id {topic_id!r}")
@@ -319,3 +333,16 @@ class DirectoryCheckpointStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _in_display_units(drift: ActiveDrift) -> ActiveDrift:
+    """A drift saved by a format-2 file, its values mapped to the feature's own unit
+    (``embedding_distance`` was already a distance; the MEWMA's ``embedding`` is a
+    statistic)."""
+    if drift.feature in ("embedding", "embedding_distance"):
+        return drift
+    return dataclasses.replace(
+        drift,
+        baseline=units.to_display(drift.feature, drift.baseline),
+        current=units.to_display(drift.feature, drift.current),
+    )

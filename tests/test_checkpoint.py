@@ -59,7 +59,7 @@ def test_round_trip_with_a_real_monitor_snapshot(tmp_path: Path) -> None:
 def test_file_layout_is_prefix_json_header_then_state() -> None:
     data = encode(make(state=b"xyz"))
     assert data[:4] == b"DMCK"
-    assert int.from_bytes(data[4:6], "big") == 2
+    assert int.from_bytes(data[4:6], "big") == 3
     assert data.endswith(b"xyz")
     assert decode(data, "llm.outputs", 2) == make(state=b"xyz")
 
@@ -105,6 +105,25 @@ def test_a_version_1_file_still_loads_with_no_drifts() -> None:
     ).encode()
     prefix = checkpoint_module._PREFIX.pack(b"DMCK", 1, len(header), zlib.crc32(header))
     assert decode(prefix + header + b"old-state", "llm.outputs", 2) == make(state=b"old-state")
+
+
+def test_a_version_2_files_drifts_are_mapped_to_display_units() -> None:
+    # Format 2 saved drift values as the detectors saw them (log1p counts, 0-1 rates).
+    rate = ActiveDrift(**{**DRIFT.__dict__, "feature": "refusal", "baseline": 0.02})
+    mewma = ActiveDrift(**{**DRIFT.__dict__, "feature": "embedding", "baseline": 30.0})
+    data = encode(Checkpoint("llm.outputs", 2, 7, b"s", 1.0, (DRIFT, rate, mewma)))
+    header_len = checkpoint_module._PREFIX.unpack_from(data)[2]
+    start = checkpoint_module._PREFIX.size
+    header = json.loads(data[start : start + header_len])
+    del header["format"]  # format 2 headers had none
+    raw = json.dumps(header, sort_keys=True).encode()
+    prefix = checkpoint_module._PREFIX.pack(b"DMCK", 2, len(raw), zlib.crc32(raw))
+    loaded = decode(prefix + raw + data[start + header_len :], "llm.outputs", 2)
+    chars, refusal, embedding = loaded.drifts
+    assert chars.baseline == pytest.approx(math.expm1(6.8))  # ~897 characters
+    assert chars.current == pytest.approx(math.expm1(7.42))
+    assert refusal.baseline == pytest.approx(2.0)  # percent
+    assert embedding == mewma  # a statistic, unchanged
 
 
 @pytest.mark.parametrize(
@@ -164,7 +183,7 @@ def wrong_magic(data: bytes) -> bytes:
 
 
 def future_version(data: bytes) -> bytes:
-    return data[:4] + (3).to_bytes(2, "big") + data[6:]
+    return data[:4] + (4).to_bytes(2, "big") + data[6:]
 
 
 @pytest.mark.parametrize(
@@ -177,7 +196,7 @@ def future_version(data: bytes) -> bytes:
         (flip_last_byte, "sha256"),
         (flip_offset_digit, "CRC-32"),
         (wrong_magic, "magic"),
-        (future_version, "format version 3"),
+        (future_version, "format version 4"),
     ],
     ids=[
         "truncated-state",
