@@ -119,7 +119,8 @@ def send_dead_letter(
 ) -> None:
     """Produce the rejected record unchanged, with why and where it came from in headers.
 
-    Two records cannot go unchanged: one with neither key nor value (Kafka refuses to
+    ``driftmon-field`` names the field the rejection is about, when there is one. Two
+    records cannot go unchanged: one with neither key nor value (Kafka refuses to
     produce it) goes with an empty value and ``driftmon-null-value: true``; one longer
     than ``max_value_bytes`` (rejected as ``too_large``; the producer would refuse it)
     goes with its first ``max_value_bytes`` bytes and ``driftmon-truncated-from: <bytes>``.
@@ -139,6 +140,8 @@ def send_dead_letter(
             strict=True,
         )
     )
+    if rejection.field is not None:  # the field or attribute the rejection is about
+        headers.append(("driftmon-field", rejection.field.encode("utf-8", "replace")))
     if value is None and key is None:
         value = b""
         headers.append(("driftmon-null-value", b"true"))

@@ -193,6 +193,13 @@ def test_bad_messages_go_to_the_dead_letter_topic_and_are_counted(broker, tmp_pa
             assert headers["driftmon-truncated-from"] in (b"200000", b"1500000")
             assert len(rec.value) == 100_000 and rec.value[:1] in (b"x", b"y")
     assert reasons["too_large"] == 2
+    # A rejection about one field names it in a header (missing_field, bad_type, …).
+    fields = {
+        dict(rec.headers)["driftmon-reason"]: dict(rec.headers).get("driftmon-field")
+        for rec in dead
+    }
+    assert fields[b"not_json"] is None
+    assert fields[b"missing_field"] in (b"endpoint", b"model", b"output")
     for reason, count in reasons.items():
         assert metric(body, "driftmon_events_rejected_total", reason=reason) == count
 
