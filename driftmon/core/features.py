@@ -67,6 +67,26 @@ model switches the window keeps the clear shifts (Cohen's d, window vs full text
 -0.33/-0.35, gpt-3.5 -> Gemini -0.33/-0.38, gpt-4-turbo -> 4o -0.29/-0.28) and the no-change
 controls near 0, at a quarter of the cost of a 1.6 KB answer."""
 
+MAX_JSON_DEPTH: Final = 1024
+"""An output nested deeper than 1 024 arrays/objects (orjson's own limit) is not
+``json_valid``; the slow-path parser's RecursionError counts the same way."""
+
+MAX_SCHEMA_DEPTH: Final = 64
+"""An output nested deeper than 64 arrays/objects counts as not ``schema_valid`` without
+being validated: it is not an error. jsonschema validates recursively, several Python frames
+per level (a self-referencing schema over 300 nested brackets raised RecursionError), so an
+explicit bound keeps the result the same wherever it is computed. 64 levels leave room for
+schemas whose references cost many frames per level (one with allOf/oneOf indirection fails
+past ~95), and no real answer nests that deep. A RecursionError during validation all the
+same also counts as not ``schema_valid``. The bound is checked only for endpoints with a
+schema, where validation costs far more than the check (~0.6 µs for a 500-character answer)."""
+
+MAX_SCHEMA_CHARS: Final = 65_536
+"""An output longer than this counts as not ``schema_valid`` without being validated:
+jsonschema costs ~40 µs per object in an array, so a 1 MB answer would hold a record for
+seconds, while ~16 000 tokens bound realistic structured answers. ``json_valid`` has no such
+bound: orjson parses a 1 MB document in milliseconds."""
+
 # A line that is a list item or a code fence (after any indentation), optionally preceded by
 # the blank line(s) of a run — a run is matched at its first blank line only. The match always
 # begins with the line's "\n", so the engine skips between lines in C and plain lines fail on
@@ -126,13 +146,42 @@ def _reject_constant(name: str) -> Any:
 
 def _parse_json(text: str) -> tuple[bool, Any]:
     try:
-        return True, orjson.loads(text)
+        return True, orjson.loads(text)  # JSONDecodeError past MAX_JSON_DEPTH
     except orjson.JSONDecodeError:
         pass
     try:  # orjson refuses a few valid documents (e.g. 1e400); json is the exact slow path
         return True, json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return False, None
+
+
+def _deeper_than(doc: Any, limit: int) -> bool:
+    """Whether ``doc`` nests more than ``limit`` arrays/objects; level by level, no recursion."""
+    if type(doc) is not list and type(doc) is not dict:
+        return False  # a string holding brackets
+    level = [doc]
+    for _ in range(limit):
+        below: list[Any] = []
+        for node in level:
+            children = node.values() if type(node) is dict else node
+            below.extend(c for c in children if type(c) is list or type(c) is dict)
+        if not below:
+            return False
+        level = below
+    return True
+
+
+def _schema_valid(validator: Any, doc: Any, text: str) -> bool:
+    """``validator.is_valid(doc)`` within MAX_SCHEMA_CHARS and MAX_SCHEMA_DEPTH."""
+    if len(text) > MAX_SCHEMA_CHARS:
+        return False
+    # Each "[" or "{" opens at most one level, so most answers skip the exact walk.
+    if text.count("[") + text.count("{") > MAX_SCHEMA_DEPTH and _deeper_than(doc, MAX_SCHEMA_DEPTH):
+        return False
+    try:
+        return bool(validator.is_valid(doc))
+    except RecursionError:  # a schema whose references cost many frames per level
+        return False
 
 
 class _Contract:
@@ -168,7 +217,8 @@ class _Contract:
             if self.check_json:
                 f["json_valid"] = 1.0 if ok else 0.0
             if self.validator is not None:
-                f["schema_valid"] = 1.0 if ok and self.validator.is_valid(doc) else 0.0
+                valid = ok and _schema_valid(self.validator, doc, output)
+                f["schema_valid"] = 1.0 if valid else 0.0
         if self.max_tokens is not None and event.output_tokens is not None:
             f["within_max_output_tokens"] = 1.0 if event.output_tokens <= self.max_tokens else 0.0
         for name, rx in self.match:

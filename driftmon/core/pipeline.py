@@ -74,6 +74,7 @@ class Pipeline:
         self.max_bytes = settings.kafka.max_message_bytes
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
+        self.embedding_errors: Counter[str] = Counter()
 
     def _feature_count(self, endpoint: str) -> int:
         names = self.extractor.feature_names(endpoint)
@@ -85,33 +86,73 @@ class Pipeline:
     def process(
         self, raw: bytes | str, index: int = -1, default_timestamp: float | None = None
     ) -> Outcome:
-        """Process one record; ``index`` is its position in the input (for reports)."""
-        parsed = parse_event(raw, max_bytes=self.max_bytes)
-        if isinstance(parsed, Rejection):
-            self.rejected[parsed.reason] += 1
-            return Outcome(None, parsed, {}, [])
+        """Process one record; ``index`` is its position in the input (for reports).
+
+        Never raises for a record: any exception while decoding, featurising or detecting
+        rejects it as ``internal_error`` (see :meth:`_internal_error`), so a poison record
+        is counted and dead-lettered instead of stopping the daemon or the replay.
+        """
+        try:
+            parsed = parse_event(raw, max_bytes=self.max_bytes)
+            if isinstance(parsed, Rejection):
+                self.rejected[parsed.reason] += 1
+                return Outcome(None, parsed, {}, [])
+            features = self.extractor.extract(parsed)
+            if self._only is not None:
+                features = {k: v for k, v in features.items() if k in self._only}
+            ts = parsed.timestamp if parsed.timestamp is not None else default_timestamp
+            # A key's event count is its answers: feedback events update its feedback
+            # stream but are not answers (alert texts say "at event N of this key").
+            detections = self.monitor.update(
+                parsed.endpoint,
+                parsed.model,
+                features,
+                ts,
+                count_event=parsed.kind == "completion",
+            )
+            for d in detections:
+                d.event_index = index
+            embed = False
+            if self.sampler is not None and parsed.kind == "completion" and parsed.output.strip():
+                if self._sampler_clock is not None:
+                    now = self._sampler_clock()
+                else:
+                    now = ts if ts is not None else float(index)
+                key = (parsed.endpoint, parsed.model)
+                embed = self.sampler.decide(key, parsed.id or index, now)
+        except Exception as exc:  # a bug or unforeseen input costs one record, not the stream
+            return self._internal_error(exc)
         self.accepted += 1
-        features = self.extractor.extract(parsed)
-        if self._only is not None:
-            features = {k: v for k, v in features.items() if k in self._only}
-        ts = parsed.timestamp if parsed.timestamp is not None else default_timestamp
-        detections = self.monitor.update(parsed.endpoint, parsed.model, features, ts)
-        for d in detections:
-            d.event_index = index
-        embed = False
-        if self.sampler is not None and parsed.kind == "completion" and parsed.output.strip():
-            if self._sampler_clock is not None:
-                now = self._sampler_clock()
-            else:
-                now = ts if ts is not None else float(index)
-            embed = self.sampler.decide((parsed.endpoint, parsed.model), parsed.id or index, now)
         return Outcome(parsed, None, features, detections, embed)
+
+    def _internal_error(self, exc: Exception) -> Outcome:
+        """Reject the record that raised ``exc``, with the exception's type only: its
+        message may quote the output or the prompt.
+
+        Nothing is rolled back. An exception from the parser or the extractor leaves the
+        state untouched; one from inside ``monitor.update`` leaves what that update had done
+        before it: the key exists (possibly evicting the least recently seen one) and counts
+        the event, and the streams updated before the failing one keep its value (an alarm
+        one of them raised on it is not reported). One value in a few streams does not move
+        a detector's calibration; undoing it would need a copy of the key's state per event.
+        """
+        rejection = Rejection(reason="internal_error", detail=type(exc).__name__)
+        self.rejected[rejection.reason] += 1
+        return Outcome(None, rejection, {}, [])
 
     def process_embedding(
         self, endpoint: str, model: str, vector: Vector, index: int, now: float | None
     ) -> list[Detection]:
-        """Feed the embedding of a sampled event (``index``: its position in the input)."""
-        detections = self.monitor.update_embedding(endpoint, model, vector, now)
+        """Feed the embedding of a sampled event (``index``: its position in the input).
+
+        An exception while doing so returns no detection and is counted in
+        ``embedding_errors`` by type (not in ``rejected``: the record was already accepted).
+        """
+        try:
+            detections = self.monitor.update_embedding(endpoint, model, vector, now)
+        except Exception as exc:  # one vector must not stop the stream
+            self.embedding_errors[type(exc).__name__] += 1
+            return []
         for d in detections:
             d.event_index = index
         return detections
