@@ -66,7 +66,10 @@ class ReplayResult:
     accepted: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     rejected_examples: list[RejectedExample] = field(default_factory=list)
+    # Answers (completion events) and feedback events per key, counted apart: feedback is
+    # not an answer of the key.
     key_events: Counter[tuple[str, str]] = field(default_factory=Counter)
+    key_feedback: Counter[tuple[str, str]] = field(default_factory=Counter)
     detections: list[Detection] = field(default_factory=list)
     seconds: float = 0.0
     embeddings: bool = False
@@ -83,11 +86,15 @@ class ReplayResult:
             "rejected_examples": [r.report() for r in self.rejected_examples],
             "embedded": self.embedded,
             "keys": [
-                {"endpoint": ep, "model": m, "events": n}
-                for (ep, m), n in sorted(self.key_events.items())
+                {"endpoint": ep, "model": m, "events": n, "feedback": self.key_feedback[(ep, m)]}
+                for (ep, m), n in sorted((self.key_events + self._no_answers()).items())
             ],
             "detections": [d.report() for d in self.detections],
         }
+
+    def _no_answers(self) -> Counter[tuple[str, str]]:
+        """Keys that had feedback but no answer, at 0 answers (Counter addition drops 0)."""
+        return Counter({k: 0 for k in self.key_feedback if k not in self.key_events})
 
 
 def _duration(seconds: float) -> str:
@@ -275,7 +282,7 @@ def replay(
         "replay finished",
         records=result.records,
         rejected=sum(pipeline.rejected.values()),
-        keys=len(result.key_events),
+        keys=len(set(result.key_events) | set(result.key_feedback)),
         detections=len(result.detections),
         embedded=result.embedded,
         seconds=round(result.seconds, 2),
@@ -295,6 +302,7 @@ def _feed(
     done = 0
     show_progress = progress.enabled
     key_events = result.key_events
+    key_feedback = result.key_feedback
     detections = result.detections
     examples = result.rejected_examples
     for path in paths:
@@ -310,7 +318,10 @@ def _feed(
                 if rejection is None:
                     event = outcome.event
                     if event is not None:
-                        key_events[(event.endpoint, event.model)] += 1
+                        if event.kind == "feedback":
+                            key_feedback[(event.endpoint, event.model)] += 1
+                        else:
+                            key_events[(event.endpoint, event.model)] += 1
                         if outcome.detections:
                             detections.extend(outcome.detections)
                         if outcome.embed and embeddings is not None:
@@ -347,11 +358,17 @@ def summary_table(result: ReplayResult) -> str:
         f"{sum(result.rejected.values()):,} rejected in {result.seconds:.1f} s{embedded}",
     ]
     per_key = Counter((d.endpoint, d.model) for d in result.detections)
-    if result.key_events:
+    keys = sorted(set(result.key_events) | set(result.key_feedback))
+    if keys:
         out.append("")
-        out.append(f"{'endpoint':<24} {'model':<32} {'events':>9} {'detections':>10}")
-    for (ep, m), n in sorted(result.key_events.items()):
-        out.append(f"{ep[:24]:<24} {m[:32]:<32} {n:>9,} {per_key[(ep, m)]:>10}")
+        out.append(
+            f"{'endpoint':<24} {'model':<32} {'answers':>9} {'feedback':>9} {'detections':>10}"
+        )
+    for ep, m in keys:
+        out.append(
+            f"{ep[:24]:<24} {m[:32]:<32} {result.key_events[(ep, m)]:>9,} "
+            f"{result.key_feedback[(ep, m)]:>9,} {per_key[(ep, m)]:>10}"
+        )
     if result.rejected:
         out.append("")
         out.append("rejected: " + ", ".join(f"{r}={n}" for r, n in sorted(result.rejected.items())))

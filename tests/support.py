@@ -200,7 +200,7 @@ def consume_all(bootstrap: str, topic: str, idle: float = 3.0) -> list[Any]:
 def metric(body: bytes, name: str, **labels: str) -> float | None:
     """One sample's value from a Prometheus text exposition."""
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in body.decode().splitlines():
+    for line in body.decode().split("\n"):
         if line.startswith("#") or " " not in line:
             continue
         series, value = line.rsplit(" ", 1)
@@ -250,7 +250,8 @@ class DaemonProcess:
         wait_for(ready, timeout=timeout, every=0.2)
 
     def metrics(self) -> bytes:
-        status, body = http_get(f"{self.url}/metrics")
+        # A scrape during a backlog may queue behind the throttled renderer: be patient.
+        status, body = http_get(f"{self.url}/metrics", timeout=15.0)
         assert status == 200, self.tail()
         return body
 
@@ -258,7 +259,7 @@ class DaemonProcess:
         """Accepted plus rejected events, from /metrics."""
         body = self.metrics()
         total = 0.0
-        for line in body.decode().splitlines():
+        for line in body.decode().split("\n"):
             if line.startswith(("driftmon_events_total{", "driftmon_events_rejected_total{")):
                 total += float(line.rsplit(" ", 1)[1])
         return total
