@@ -53,6 +53,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from prometheus_client import generate_latest
 
 from driftmon import logs
+from driftmon.config import pipeline_config
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
 from driftmon.daemon import Daemon, PartitionState
@@ -509,7 +510,7 @@ def memory_child(pool: Path, events_per_key: int, distinct_per_key: int) -> dict
     # Defaults otherwise. A Pipeline without a sampler never embeds, whatever the flag; the
     # flag only keeps the Daemon of the housekeeping step from loading the model.
     settings = Settings(state={"dir": str(state_dir)}, embeddings={"enabled": False})
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(pipeline_config(settings))
     monitor = pipeline.monitor
     gc.collect()
     rss_before = proc_status_kib("VmRSS")
@@ -545,7 +546,8 @@ def memory_child(pool: Path, events_per_key: int, distinct_per_key: int) -> dict
     snapshot = monitor.snapshot()  # what every checkpoint of this partition writes
     snapshot_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    Pipeline(settings).monitor.restore(snapshot)  # what a partition assignment reads
+    # What a partition assignment reads.
+    Pipeline(pipeline_config(settings)).monitor.restore(snapshot)
     restore_seconds = time.perf_counter() - t0
     keys = len(key_states)
     snapshot_bytes = len(snapshot)

@@ -40,6 +40,7 @@ from typing import Any
 
 from embedcache import add_cache_argument
 
+from driftmon.config import pipeline_config
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
 from driftmon.settings import Settings
@@ -106,7 +107,7 @@ def run_pair(
     a, b = load_outputs(a_name, data_dir), load_outputs(b_name, data_dir)
     runs = []
     for seed in range(seeds):
-        pipeline = Pipeline(settings)
+        pipeline = Pipeline(pipeline_config(settings))
         detections = []
         for index, line in enumerate(stream(a, b, seed)):
             detections.extend(pipeline.process(line, index).detections)
@@ -193,11 +194,12 @@ def run_pair_embeddings(
     for seed in range(seeds):
         pids = draws(a, b, seed)
         lines = stream(a, b, seed)
-        core = Pipeline(settings)
+        core = Pipeline(pipeline_config(settings))
         core_found: list[Detection] = []
         for index, line in enumerate(lines):
             core_found.extend(core.process(line, index).detections)
-        pipeline = Pipeline(settings, sampler=Sampler.from_settings(settings.embeddings))
+        sampler = Sampler.from_settings(settings.embeddings)
+        pipeline = Pipeline(pipeline_config(settings), sampler=sampler)
         found: list[Detection] = []
         embedded_before = embedded_after = 0
         embedded_at: dict[int, int] = {}  # event index -> post-switch embedded events before it

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from driftmon import logs
+from driftmon.config import pipeline_config
 from driftmon.core.pipeline import Pipeline
 from driftmon.replay import replay
 from driftmon.settings import Settings
@@ -291,7 +292,7 @@ class Mutator:
 def fuzz_pipeline(n: int, seed: int, chunk: int = 10_000) -> dict[str, Any]:
     """``n`` mutated records through one Pipeline; counts and pipeline-only rate."""
     settings = Settings(endpoints=FUZZ_ENDPOINTS, embeddings={"enabled": False})
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(pipeline_config(settings))
     mutator = Mutator(seed)
     escaped: Counter[str] = Counter()
     internal: Counter[str] = Counter()

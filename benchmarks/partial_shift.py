@@ -55,9 +55,10 @@ from typing import Any
 import numpy as np
 from embedcache import EmbeddingCache, add_cache_argument
 
+from driftmon.config import monitor_config, pipeline_config
 from driftmon.core.detectors import FeatureStream
 from driftmon.core.embeddings import EmbeddingReference, EmbeddingStream
-from driftmon.core.pipeline import Pipeline, monitor_config
+from driftmon.core.pipeline import Pipeline
 from driftmon.embedding import Sampler
 from driftmon.settings import Settings
 
@@ -188,7 +189,8 @@ def run_stream(
 ) -> dict[str, Any]:
     rng = random.Random(f"{base}|{kind}|{rho}|{seed}")
     ids = sorted(outputs)
-    pipeline = Pipeline(settings, sampler=Sampler.from_settings(settings.embeddings))
+    sampler = Sampler.from_settings(settings.embeddings)
+    pipeline = Pipeline(pipeline_config(settings), sampler=sampler)
     # Stand-alone detectors, built once the pipeline has sized the key's budget.
     mewma: EmbeddingStream | None = None
     scalars: dict[str, ScalarOnReference] = {}

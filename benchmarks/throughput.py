@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import driftmon
+from driftmon.config import pipeline_config
 from driftmon.core import compiled_label
 from driftmon.core.events import Event, parse_event
 from driftmon.core.pipeline import Pipeline
@@ -44,7 +45,7 @@ def _passes(
     """``n`` replays of ``lines`` through fresh pipelines: the first (cold) and the rest."""
     rates, cpu_rates = [], []
     for _ in range(n):
-        pipeline = Pipeline(settings)
+        pipeline = Pipeline(pipeline_config(settings))
         gc.collect()
         start, cpu_start = time.perf_counter(), time.process_time()
         for i, line in enumerate(lines):
@@ -123,7 +124,7 @@ def main() -> None:
     # 7-130 ms each to compute the first time), as a daemon does in its first minutes;
     # it is reported on its own. The later passes are the steady state.
     cold, rates, cpu_rates = _passes(lines, settings, 1 + args.repeats)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(pipeline_config(settings))
     for i, line in enumerate(lines):
         pipeline.process(line, i)
 
@@ -137,10 +138,11 @@ def main() -> None:
     for round_ in range(3):
         for mode in ("off", "sampler_on"):
             if mode == "off":
-                p = Pipeline(settings)
+                p = Pipeline(pipeline_config(settings))
             else:
                 sampler = Sampler.from_settings(settings.embeddings)
-                p = Pipeline(settings, sampler=sampler, sampler_clock=time.monotonic)
+                config = pipeline_config(settings)
+                p = Pipeline(config, sampler=sampler, sampler_clock=time.monotonic)
             gc.collect()
             cpu_start = time.process_time()
             n_embed = 0
@@ -187,7 +189,7 @@ def main() -> None:
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    fresh = Pipeline(settings)
+    fresh = Pipeline(pipeline_config(settings))
     for i, line in enumerate(lines):
         fresh.process(line, i)
     gc.collect()

@@ -81,6 +81,190 @@ class _Target:
     failures_unlogged: int = 0
     last_failure_log: float = 0.0
 
+    def failed(self, kind: str, error: str, log_interval: float) -> None:
+        """A retriable failure: the first of an outage is logged at once, later ones once
+        per ``log_interval`` seconds with their count."""
+        now = time.monotonic()
+        self.failures += 1
+        if self.failing_since is None:
+            self.failing_since = now
+            self.last_failure_log = now
+            self.failures_unlogged = 0
+            log.warning(
+                "alertmanager send failing; retrying",
+                url=self.label,
+                error_type=kind,
+                error=error,
+                undelivered=len(self.unaccepted),
+            )
+            return
+        self.failures_unlogged += 1
+        if now - self.last_failure_log >= log_interval:
+            log.warning(
+                "alertmanager still failing",
+                url=self.label,
+                error_type=kind,
+                error=error,
+                failures=self.failures_unlogged,
+                failing_seconds=round(now - self.failing_since, 1),
+                undelivered=len(self.unaccepted),
+            )
+            self.last_failure_log = now
+            self.failures_unlogged = 0
+
+    def answered(self) -> None:
+        """Alertmanager answered for good (accepted or rejected): an outage, if any, is over."""
+        if self.failing_since is None:
+            return
+        log.info(
+            "alertmanager reachable again",
+            url=self.label,
+            failures=self.failures,
+            failing_seconds=round(time.monotonic() - self.failing_since, 1),
+        )
+        self.failing_since = None
+        self.failures = 0
+        self.failures_unlogged = 0
+
+
+class _Delivery:
+    """The HTTP side of one batch to one URL: POST with retries and back-off, cut short by
+    the shutdown deadline (``deadline``, set by :meth:`AlertSender.close`) or ``abort``."""
+
+    def __init__(
+        self,
+        settings: AlertmanagerSettings,
+        metrics: Metrics | None,
+        clock: Callable[[], float],
+        lock: threading.Lock,
+        *,
+        initial_backoff: float,
+        max_backoff: float,
+        failure_log_interval: float,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.clock = clock
+        self.lock = lock
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.failure_log_interval = failure_log_interval
+        self.ssl_context = ssl_context(settings)
+        self.deadline: float | None = None
+        self.abort = threading.Event()
+
+    def post(self, target: _Target, batch: list[_Alert]) -> Outcome:
+        url = target.label
+        delay = self.initial_backoff
+        error = ""
+        attempts = 0
+        while attempts <= self.settings.max_retries:
+            timeout = self._remaining(self.settings.timeout_seconds)
+            if timeout <= 0:
+                break
+            attempts += 1
+            try:
+                self._post(target.url, self._payload(batch), timeout)
+            except urllib.error.HTTPError as exc:
+                kind = error_kind(exc)
+                self._count_failure(target, kind)
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    target.answered()
+                    log.warning(
+                        "alertmanager rejected alerts",
+                        url=url,
+                        alerts=len(batch),
+                        status=exc.code,
+                        response=_read_error(exc),
+                    )
+                    return "rejected"
+                error = f"HTTP {exc.code}"
+                target.failed(kind, error, self.failure_log_interval)
+            except (OSError, http.client.HTTPException) as exc:
+                kind = error_kind(exc)
+                self._count_failure(target, kind)
+                error = str(exc) or type(exc).__name__
+                target.failed(kind, error, self.failure_log_interval)
+            else:
+                target.answered()
+                log.debug("alerts sent", url=url, alerts=len(batch), attempts=attempts)
+                return "ok"
+            log.debug("alertmanager send failed", url=url, error=error, attempt=attempts)
+            if attempts > self.settings.max_retries or not self._pause(target, delay):
+                break
+            delay = min(delay * 2, self.max_backoff)
+        log.warning(
+            "alertmanager unreachable; alerts kept for the next resend",
+            url=url,
+            alerts=len(batch),
+            attempts=attempts,
+            error=error,
+        )
+        return "error"
+
+    def _count_failure(self, target: _Target, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.alert_send_failures.labels(target.label, kind).inc()
+
+    def _remaining(self, limit: float) -> float:
+        """``limit``, cut short by the shutdown deadline; 0 when aborting."""
+        if self.abort.is_set():
+            return 0.0
+        if self.deadline is None:
+            return limit
+        return min(limit, self.deadline - time.monotonic())
+
+    def _pause(self, target: _Target, delay: float) -> bool:
+        """Sleep between retries; False when shutdown leaves no time for another attempt."""
+        end = time.monotonic() + delay
+        with self.lock:
+            while not self.abort.is_set():
+                if self.deadline is not None and self.deadline < end:
+                    return False
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return True
+                # close() notifies, so a shutdown does not sit out a long backoff.
+                target.cond.wait(remaining)
+        return False
+
+    def _payload(self, batch: list[_Alert]) -> bytes:
+        now = self.clock()
+        ends_ahead = ENDS_AT_RESEND_INTERVALS * self.settings.resend_interval_seconds
+        alerts: list[dict[str, Any]] = []
+        for alert in batch:
+            ends_at = now + ends_ahead if alert.ends_at is None else alert.ends_at
+            item: dict[str, Any] = {
+                "labels": alert.labels,
+                "annotations": alert.annotations,
+                "startsAt": rfc3339(alert.starts_at),
+                "endsAt": rfc3339(ends_at),
+            }
+            if self.settings.generator_url:
+                item["generatorURL"] = self.settings.generator_url
+            alerts.append(item)
+        return json.dumps(alerts).encode()
+
+    def _post(self, url: str, body: bytes, timeout: float) -> None:
+        request = urllib.request.Request(url, data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        authorization = self._authorization()
+        if authorization is not None:
+            request.add_header("Authorization", authorization)
+        with urllib.request.urlopen(request, timeout=timeout, context=self.ssl_context) as resp:
+            resp.read()
+
+    def _authorization(self) -> str | None:
+        token = self.settings.token()  # read per request: token files get rotated
+        if token is not None:
+            return f"Bearer {token}"
+        if self.settings.username is not None:
+            password = self.settings.password
+            secret = "" if password is None else password.get_secret_value()
+            raw = f"{self.settings.username}:{secret}".encode()
+            return "Basic " + base64.b64encode(raw).decode("ascii")
+        return None
+
 
 class AlertSender:
     """Keeps drift alerts firing in Alertmanager, resolves them, never blocks the caller.
@@ -109,14 +293,19 @@ class AlertSender:
         failure_log_interval: float = FAILURE_LOG_INTERVAL,
     ) -> None:
         self.settings = settings
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
-        self.failure_log_interval = failure_log_interval
         self._metrics = metrics
         self._clock = clock
         endpoints = [(_alerts_endpoint(url), safe_url(url)) for url in settings.urls]
-        self._ssl_context = ssl_context(settings)
         self._lock = threading.Lock()
+        self._delivery = _Delivery(
+            settings,
+            metrics,
+            clock,
+            self._lock,
+            initial_backoff=initial_backoff,
+            max_backoff=max_backoff,
+            failure_log_interval=failure_log_interval,
+        )
         self._targets = [
             _Target(url, label, threading.Condition(self._lock)) for url, label in endpoints
         ]
@@ -127,8 +316,6 @@ class AlertSender:
         # A resolve stays pending until every URL has taken it (or refused it for good).
         self._pending_resolves: dict[AlertKey, tuple[_Alert, set[_Target]]] = {}
         self._next_resend = clock() + settings.resend_interval_seconds
-        self._deadline: float | None = None
-        self._abort = threading.Event()
         for i, target in enumerate(self._targets):
             target.thread = threading.Thread(
                 target=self._run,
@@ -234,15 +421,15 @@ class AlertSender:
         Firing alerts are left firing: they resolve in Alertmanager when their endsAt passes.
         """
         with self._lock:
-            if self._deadline is None:
-                self._deadline = time.monotonic() + timeout
+            if self._delivery.deadline is None:
+                self._delivery.deadline = time.monotonic() + timeout
             self._notify_all()
         end = time.monotonic() + timeout
         for target in self._targets:
             assert target.thread is not None
             target.thread.join(max(end - time.monotonic(), 0.0))
         if any(t.thread is not None and t.thread.is_alive() for t in self._targets):
-            self._abort.set()
+            self._delivery.abort.set()
             with self._lock:
                 self._notify_all()
             for target in self._targets:
@@ -272,7 +459,7 @@ class AlertSender:
 
     def _enqueue(self, alert: _Alert, targets: Iterable[_Target]) -> None:
         """Queue under the lock; a key already queued is replaced, never duplicated."""
-        if self._deadline is not None:
+        if self._delivery.deadline is not None:
             return
         for target in targets:
             queue = target.queue
@@ -309,9 +496,9 @@ class AlertSender:
     def _run(self, target: _Target) -> None:
         while True:
             with self._lock:
-                while not target.queue and self._deadline is None:
+                while not target.queue and self._delivery.deadline is None:
                     target.cond.wait()
-                if not target.queue or self._abort.is_set():
+                if not target.queue or self._delivery.abort.is_set():
                     return
                 count = min(len(target.queue), MAX_ALERTS_PER_POST)
                 batch = [target.queue.popitem(last=False)[1] for _ in range(count)]
@@ -319,7 +506,7 @@ class AlertSender:
             self._deliver(target, batch)
 
     def _deliver(self, target: _Target, batch: list[_Alert]) -> None:
-        outcome = self._post_with_retries(target, batch)
+        outcome = self._delivery.post(target, batch)
         if self._metrics is not None:
             self._metrics.alerts_sent.labels(outcome).inc(len(batch))
         with self._lock:
@@ -341,163 +528,6 @@ class AlertSender:
                 pending[1].discard(target)
                 if not pending[1]:
                     del self._pending_resolves[alert.key]
-
-    def _post_with_retries(self, target: _Target, batch: list[_Alert]) -> Outcome:
-        url = target.label
-        delay = self.initial_backoff
-        error = ""
-        attempts = 0
-        while attempts <= self.settings.max_retries:
-            timeout = self._remaining(self.settings.timeout_seconds)
-            if timeout <= 0:
-                break
-            attempts += 1
-            try:
-                self._post(target.url, self._payload(batch), timeout)
-            except urllib.error.HTTPError as exc:
-                kind = error_kind(exc)
-                self._count_failure(target, kind)
-                if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    self._answered(target)
-                    log.warning(
-                        "alertmanager rejected alerts",
-                        url=url,
-                        alerts=len(batch),
-                        status=exc.code,
-                        response=_read_error(exc),
-                    )
-                    return "rejected"
-                error = f"HTTP {exc.code}"
-                self._failed(target, kind, error)
-            except (OSError, http.client.HTTPException) as exc:
-                kind = error_kind(exc)
-                self._count_failure(target, kind)
-                error = str(exc) or type(exc).__name__
-                self._failed(target, kind, error)
-            else:
-                self._answered(target)
-                log.debug("alerts sent", url=url, alerts=len(batch), attempts=attempts)
-                return "ok"
-            log.debug("alertmanager send failed", url=url, error=error, attempt=attempts)
-            if attempts > self.settings.max_retries or not self._pause(target, delay):
-                break
-            delay = min(delay * 2, self.max_backoff)
-        log.warning(
-            "alertmanager unreachable; alerts kept for the next resend",
-            url=url,
-            alerts=len(batch),
-            attempts=attempts,
-            error=error,
-        )
-        return "error"
-
-    def _count_failure(self, target: _Target, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.alert_send_failures.labels(target.label, kind).inc()
-
-    def _failed(self, target: _Target, kind: str, error: str) -> None:
-        """A retriable failure: the first of an outage is logged at once, later ones once
-        per ``failure_log_interval`` with their count."""
-        now = time.monotonic()
-        target.failures += 1
-        if target.failing_since is None:
-            target.failing_since = now
-            target.last_failure_log = now
-            target.failures_unlogged = 0
-            log.warning(
-                "alertmanager send failing; retrying",
-                url=target.label,
-                error_type=kind,
-                error=error,
-                undelivered=len(target.unaccepted),
-            )
-            return
-        target.failures_unlogged += 1
-        if now - target.last_failure_log >= self.failure_log_interval:
-            log.warning(
-                "alertmanager still failing",
-                url=target.label,
-                error_type=kind,
-                error=error,
-                failures=target.failures_unlogged,
-                failing_seconds=round(now - target.failing_since, 1),
-                undelivered=len(target.unaccepted),
-            )
-            target.last_failure_log = now
-            target.failures_unlogged = 0
-
-    def _answered(self, target: _Target) -> None:
-        """Alertmanager answered for good (accepted or rejected): an outage, if any, is over."""
-        if target.failing_since is None:
-            return
-        log.info(
-            "alertmanager reachable again",
-            url=target.label,
-            failures=target.failures,
-            failing_seconds=round(time.monotonic() - target.failing_since, 1),
-        )
-        target.failing_since = None
-        target.failures = 0
-        target.failures_unlogged = 0
-
-    def _remaining(self, limit: float) -> float:
-        """``limit``, cut short by the shutdown deadline; 0 when aborting."""
-        if self._abort.is_set():
-            return 0.0
-        if self._deadline is None:
-            return limit
-        return min(limit, self._deadline - time.monotonic())
-
-    def _pause(self, target: _Target, delay: float) -> bool:
-        """Sleep between retries; False when shutdown leaves no time for another attempt."""
-        end = time.monotonic() + delay
-        with self._lock:
-            while not self._abort.is_set():
-                if self._deadline is not None and self._deadline < end:
-                    return False
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return True
-                # close() notifies, so a shutdown does not sit out a long backoff.
-                target.cond.wait(remaining)
-        return False
-
-    def _payload(self, batch: list[_Alert]) -> bytes:
-        now = self._clock()
-        ends_ahead = ENDS_AT_RESEND_INTERVALS * self.settings.resend_interval_seconds
-        alerts: list[dict[str, Any]] = []
-        for alert in batch:
-            ends_at = now + ends_ahead if alert.ends_at is None else alert.ends_at
-            item: dict[str, Any] = {
-                "labels": alert.labels,
-                "annotations": alert.annotations,
-                "startsAt": rfc3339(alert.starts_at),
-                "endsAt": rfc3339(ends_at),
-            }
-            if self.settings.generator_url:
-                item["generatorURL"] = self.settings.generator_url
-            alerts.append(item)
-        return json.dumps(alerts).encode()
-
-    def _post(self, url: str, body: bytes, timeout: float) -> None:
-        request = urllib.request.Request(url, data=body, method="POST")
-        request.add_header("Content-Type", "application/json")
-        authorization = self._authorization()
-        if authorization is not None:
-            request.add_header("Authorization", authorization)
-        with urllib.request.urlopen(request, timeout=timeout, context=self._ssl_context) as resp:
-            resp.read()
-
-    def _authorization(self) -> str | None:
-        token = self.settings.token()  # read per request: token files get rotated
-        if token is not None:
-            return f"Bearer {token}"
-        if self.settings.username is not None:
-            password = self.settings.password
-            secret = "" if password is None else password.get_secret_value()
-            raw = f"{self.settings.username}:{secret}".encode()
-            return "Basic " + base64.b64encode(raw).decode("ascii")
-        return None
 
 
 def _annotations(

@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import struct
 import tempfile
@@ -36,11 +35,24 @@ import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import structlog
 
 from driftmon.core import units
+from driftmon.core.drifts import ActiveDrift, InvalidDriftEntry
+
+__all__ = [
+    "ActiveDrift",
+    "Checkpoint",
+    "CheckpointDirectoryError",
+    "CheckpointFileError",
+    "CheckpointStore",
+    "CorruptCheckpointError",
+    "DirectoryCheckpointStore",
+    "decode",
+    "encode",
+]
 
 MAGIC: Final = b"DMCK"
 # 2 added the active drifts; 3: their baseline and current values in the feature's own
@@ -57,69 +69,6 @@ TEMP_PREFIX: Final = "+tmp-"
 _MAX_QUOTED_TOPIC: Final = 150
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class ActiveDrift:
-    """A detection whose alert is still firing: saved with the state it was detected in, so
-    a restarted daemon keeps re-sending the alert and resolves it, rather than letting it
-    expire (or firing it again for a drift the restored state already knows)."""
-
-    endpoint: str
-    model: str
-    feature: str  # a feature stream, or "embedding" for the MEWMA
-    detector: str
-    baseline: float
-    current: float
-    key_events: int  # the key's event count at the detection
-    events_since_onset: int | None  # Detection.events_since_onset
-    detected_at: float  # epoch seconds, event time when known: the alert's startsAt
-    since: float  # epoch seconds, wall time of the detection (min_active_seconds)
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.endpoint, self.model, self.feature)
-
-    def to_json(self) -> dict[str, Any]:
-        # JSON has no NaN: a value not known is null.
-        return {
-            name: None if isinstance(value, float) and not math.isfinite(value) else value
-            for name, value in self.__dict__.items()
-        }
-
-    @classmethod
-    def from_json(cls, raw: Any) -> ActiveDrift:
-        if not isinstance(raw, dict) or set(raw) != _DRIFT_FIELDS:
-            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
-        strings = ("endpoint", "model", "feature", "detector")
-        numbers = ("baseline", "current", "detected_at", "since")
-        if not all(isinstance(raw[name], str) for name in strings):
-            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
-        if not all(raw[n] is None or type(raw[n]) in (int, float) for n in numbers):
-            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
-        onset = raw["events_since_onset"]
-        if type(raw["key_events"]) is not int or raw["detected_at"] is None:
-            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
-        if onset is not None and type(onset) is not int:
-            raise CorruptCheckpointError(f"bad drift entry {raw!r}")
-        baseline, current, detected_at, since = (
-            math.nan if raw[n] is None else float(raw[n]) for n in numbers
-        )
-        return cls(
-            endpoint=raw["endpoint"],
-            model=raw["model"],
-            feature=raw["feature"],
-            detector=raw["detector"],
-            baseline=baseline,
-            current=current,
-            key_events=raw["key_events"],
-            events_since_onset=onset,
-            detected_at=detected_at,
-            since=since,
-        )
-
-
-_DRIFT_FIELDS: Final = frozenset(ActiveDrift.__dataclass_fields__)
 
 
 @dataclass(frozen=True)
@@ -205,7 +154,10 @@ def decode(data: bytes, topic: str, partition: int) -> Checkpoint:
         raw_drifts = header["drifts"] if version >= 2 else []
         if not isinstance(raw_drifts, list):
             raise CorruptCheckpointError(f"drifts is {type(raw_drifts).__name__}, not a list")
-        drifts = tuple(ActiveDrift.from_json(raw) for raw in raw_drifts)
+        try:
+            drifts = tuple(ActiveDrift.from_json(raw) for raw in raw_drifts)
+        except InvalidDriftEntry as exc:
+            raise CorruptCheckpointError(str(exc)) from exc
         if version < 3:
             drifts = tuple(_in_display_units(drift) for drift in drifts)
         if header.get("format", version if version < 3 else None) != version:

@@ -17,6 +17,7 @@ worker.capacity, now)`` and the ``driftmon_embedding_sample_ratio`` gauge from
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import multiprocessing
@@ -28,12 +29,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from driftmon.settings import EmbeddingSettings
+
+if TYPE_CHECKING:
+    from driftmon.core.embeddings import Vector
+    from driftmon.core.events import Event
+    from driftmon.metrics import Metrics
+    from driftmon.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 Float32Array = npt.NDArray[np.float32]
 K = TypeVar("K")
@@ -472,3 +482,78 @@ def _serve(
             results.put(("batch", [seq for seq, _ in batch], vectors, seconds))
         if stop:
             return
+
+
+Sampled = tuple[Any, str, str, int, "float | None", "Vector"]
+"""(where, endpoint, model, offset, event time, vector): one finished embedding; ``where``
+is the caller's (the daemon: the record's TopicPartition)."""
+
+
+class EmbeddingPath:
+    """The daemon's embedding glue: sampled outputs go to a background worker through a
+    bounded queue; consumption never waits for it. Embeddings still in flight at a
+    checkpoint are not part of the saved state (they are a sample; after a crash the
+    re-read records are sampled anew)."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        def on_batch(n: int, seconds: float) -> None:
+            metrics.embeddings.inc(n)
+            metrics.embedding_duration.observe(seconds)
+
+        self.metrics = metrics
+        self._skipped_budget = self._dropped = self._failed = 0
+        self.sampler = Sampler.from_settings(settings.embeddings)
+        self.worker: EmbeddingWorker[tuple[Any, str, str], tuple[int, float | None]]
+        resolve_model(settings.embeddings.model)  # a missing model fails here, at once
+        # The worker process loads the model itself (see EmbeddingWorker).
+        self.worker = EmbeddingWorker.from_settings(
+            functools.partial(
+                load_embedder, settings.embeddings, threads=settings.embeddings.threads
+            ),
+            settings.embeddings,
+            on_batch=on_batch,
+        )
+        self.worker_exited: str | None = None
+
+    def submit(self, where: Any, event: Event, offset: int, ts: float | None) -> None:
+        if self.worker_exited is not None:
+            self.metrics.embeddings_skipped.labels("worker_exited").inc()
+            return
+        self.worker.submit((where, event.endpoint, event.model), (offset, ts), event.output)
+
+    def drain(self) -> list[Sampled]:
+        now = time.monotonic()
+        stats = self.worker.stats()
+        self.sampler.report_backlog(stats.backlog, self.worker.capacity, now)
+        m = self.metrics
+        m.embedding_sample_ratio.set(self.sampler.ratio)
+        m.embedding_queue.set(stats.backlog)
+        # Counters take increments; the sampler and the worker keep running totals.
+        budget, full = self.sampler.skipped_budget, stats.dropped
+        if budget > self._skipped_budget:
+            m.embeddings_skipped.labels("budget").inc(budget - self._skipped_budget)
+        if full > self._dropped:
+            m.embeddings_skipped.labels("queue_full").inc(full - self._dropped)
+        if stats.failed > self._failed:
+            m.embeddings_skipped.labels("encode_error").inc(stats.failed - self._failed)
+            log.warning(
+                "embedding batch failed, skipped",
+                texts=stats.failed - self._failed,
+                error=self.worker.last_error,
+            )
+        self._skipped_budget, self._dropped, self._failed = budget, full, stats.failed
+        if self.worker_exited is not None:
+            return []
+        try:
+            done = self.worker.drain()
+        except RuntimeError as exc:  # the child died (OOM-killed, say): ingestion goes on
+            self.worker_exited = str(exc)
+            log.error(
+                "embedding worker exited; embeddings are off until driftmon restarts",
+                error=self.worker_exited,
+            )
+            return []
+        return [
+            (where, ep, model, offset, ts, vector)
+            for (where, ep, model), (offset, ts), vector in done
+        ]

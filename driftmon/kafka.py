@@ -9,15 +9,35 @@ still work, but a key spread over several partitions is watched separately in ea
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
+import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from driftmon.core.events import Rejection
 from driftmon.core.monitor import Detection
 from driftmon.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from driftmon.metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+# How long a retriable Kafka error (broker down, coordinator moving, request timed out) is
+# retried, with exponential back-off, before the daemon gives up: bootstrap, offset commits,
+# producer flushes, offset look-ups.
+KAFKA_RETRY_DEADLINE_SECONDS: Final = 300.0
+# At start-up a broker that never answers (a wrong address, a refused certificate) is more
+# likely a configuration error than an outage: give up sooner, and let the orchestrator
+# restart the process with its own back-off.
+KAFKA_BOOTSTRAP_DEADLINE_SECONDS: Final = 60.0
+RETRY_BACKOFF_SECONDS: Final = (0.5, 10.0)  # first and longest pause between attempts
+PRODUCER_FLUSH_TIMEOUT: Final = 30.0
+
+T = TypeVar("T")
 
 DLQ_HEADERS = (
     "driftmon-reason",
@@ -196,3 +216,54 @@ def detection_record(detection: Detection, *, topic: str, partition: int, offset
         }
     )
     return json.dumps(body, sort_keys=True).encode()
+
+
+def produce_failed(
+    metrics: Metrics, topic: str, source_topic: str, source_partition: int, source_offset: int
+) -> Callable[[BaseException], None]:
+    """An ``on_error`` that counts and logs a dead letter or detection the producer could not
+    deliver (may run on the producer's thread; never logs the record itself)."""
+
+    def failed(exc: BaseException) -> None:
+        metrics.produce_failed.labels(topic).inc()
+        log.warning(
+            "produce failed",
+            topic=topic,
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            error=repr(exc)[:300],
+        )
+
+    return failed
+
+
+def retry(
+    operation: str,
+    call: Callable[[], T],
+    *,
+    metrics: Metrics,
+    stopping: Callable[[], bool],
+) -> T:
+    """``call()``, retried on retriable Kafka errors with back-off until
+    ``KAFKA_RETRY_DEADLINE_SECONDS``; then (or once ``stopping()``) the error is raised."""
+    deadline = time.monotonic() + KAFKA_RETRY_DEADLINE_SECONDS
+    pause, longest = RETRY_BACKOFF_SECONDS
+    while True:
+        try:
+            return call()
+        except KafkaError as exc:
+            if not retriable(exc) or stopping() or time.monotonic() + pause > deadline:
+                raise
+            metrics.kafka_retries.labels(operation).inc()
+            log.warning(
+                "kafka operation failed, retrying",
+                operation=operation,
+                error=str(exc)[:300],
+                retry_in=pause,
+                gives_up_in=round(deadline - time.monotonic()),
+            )
+        end = time.monotonic() + pause
+        while not stopping() and time.monotonic() < end:
+            time.sleep(min(0.2, end - time.monotonic()))
+        pause = min(pause * 2, longest)

@@ -16,6 +16,8 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import structlog
 
+from driftmon.config import pipeline_config
+from driftmon.core.drifts import ActiveDrift, DriftTracker, ResolvePolicy
 from driftmon.core.events import Event
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
@@ -60,6 +62,56 @@ class RejectedExample:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A drift quiet again: at ``event_index``, the 0-based position of the record after
+    which its feature was quiet (as ``event_index`` of a detection)."""
+
+    endpoint: str
+    model: str
+    feature: str
+    event_index: int
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "feature": self.feature,
+            "event_index": self.event_index,
+        }
+
+
+class _Drifts:
+    """The drift lifecycle over the replayed stream, as in the daemon, with the event index
+    as time. ``alertmanager.min_active_seconds`` does not apply: it keeps a drift of a fast
+    backfill visible long enough for Prometheus to scrape it, and a replay has no scrape
+    (nor a wall clock that means anything), so a drift resolves at the first record after
+    which its feature is quiet (``detectors.warmup_events`` +
+    ``alertmanager.resolve_after_quiet_events`` events of it since the detection, or the
+    MEWMA re-fitted)."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self.tracker = DriftTracker()
+        self.monitor = pipeline.monitor
+        self.policy = ResolvePolicy(
+            settings.detectors.warmup_events,
+            settings.alertmanager.resolve_after_quiet_events,
+            min_active=0,
+        )
+        self.resolutions: list[Resolution] = []
+
+    def fire(self, detections: list[Detection]) -> None:
+        for det in detections:
+            when = det.timestamp if det.timestamp is not None else float(det.event_index)
+            self.tracker.fire(
+                ActiveDrift.from_detection(det, detected_at=when, since=det.event_index)
+            )
+
+    def resolve(self, index: int) -> None:
+        for drift in self.tracker.resolve_quiet(self.monitor, index, self.policy):
+            self.resolutions.append(Resolution(drift.endpoint, drift.model, drift.feature, index))
+
+
 @dataclass
 class ReplayResult:
     records: int = 0
@@ -71,6 +123,7 @@ class ReplayResult:
     key_events: Counter[tuple[str, str]] = field(default_factory=Counter)
     key_feedback: Counter[tuple[str, str]] = field(default_factory=Counter)
     detections: list[Detection] = field(default_factory=list)
+    resolutions: list[Resolution] = field(default_factory=list)
     seconds: float = 0.0
     embeddings: bool = False
     embedded: int = 0
@@ -90,6 +143,7 @@ class ReplayResult:
                 for (ep, m), n in sorted((self.key_events + self._no_answers()).items())
             ],
             "detections": [d.report() for d in self.detections],
+            "resolutions": [r.report() for r in self.resolutions],
         }
 
     def _no_answers(self) -> Counter[tuple[str, str]]:
@@ -254,25 +308,32 @@ def replay(
     if settings.embeddings.enabled:
         from driftmon.embedding import Sampler, load_embedder
 
-        pipeline = Pipeline(settings, sampler=Sampler.from_settings(settings.embeddings))
+        pipeline = Pipeline(
+            pipeline_config(settings), sampler=Sampler.from_settings(settings.embeddings)
+        )
         embeddings = _Embeddings(
             embedder or load_embedder(settings.embeddings),
             pipeline,
             batch=settings.embeddings.batch_size * 4,
         )
     else:
-        pipeline = Pipeline(settings)
+        pipeline = Pipeline(pipeline_config(settings))
     result = ReplayResult(embeddings=embeddings is not None)
     progress = _Progress(total, progress_stream or sys.stderr)
     start = time.perf_counter()
     progress.start()
+    drifts = _Drifts(settings, pipeline)
     try:
-        _feed(paths, pipeline, embeddings, result, progress)
+        _feed(paths, pipeline, embeddings, drifts, result, progress)
         if embeddings is not None:
-            result.detections.extend(embeddings.flush())
+            late = embeddings.flush()
+            drifts.fire(late)
+            drifts.resolve(result.records - 1)
+            result.detections.extend(late)
             # Embedding detections arrive a batch late: report everything in input order.
             result.detections.sort(key=lambda d: d.event_index)
             result.embedded = embeddings.embedded
+        result.resolutions = drifts.resolutions
     finally:
         progress.close()
     result.accepted = pipeline.accepted
@@ -294,6 +355,7 @@ def _feed(
     paths: list[str],
     pipeline: Pipeline,
     embeddings: _Embeddings | None,
+    drifts: _Drifts,
     result: ReplayResult,
     progress: _Progress,
 ) -> None:
@@ -324,8 +386,14 @@ def _feed(
                             key_events[(event.endpoint, event.model)] += 1
                         if outcome.detections:
                             detections.extend(outcome.detections)
+                            drifts.fire(outcome.detections)
                         if outcome.embed and embeddings is not None:
-                            detections.extend(embeddings.add(index - 1, event))
+                            late = embeddings.add(index - 1, event)
+                            if late:
+                                detections.extend(late)
+                                drifts.fire(late)
+                        if drifts.tracker.active:
+                            drifts.resolve(index - 1)
                 else:
                     if len(examples) < MAX_REJECTED_EXAMPLES:
                         examples.append(

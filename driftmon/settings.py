@@ -137,6 +137,32 @@ class AlertmanagerSettings(Frozen):
         return None
 
 
+class WebhookSettings(Frozen):
+    """A JSON POST per detection and per resolution (driftmon.sinks.webhook)."""
+
+    # A Slack incoming-webhook URL is a credential: masked like the other secrets.
+    url: SecretStr | None = None  # None: no webhook
+    slack: bool = False  # post Slack's incoming-webhook body, {"text": ...}
+    timeout_seconds: float = Field(5.0, gt=0)
+    queue_size: int = Field(1000, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            raw = url.get_secret_value()
+            if urllib.parse.urlsplit(raw).scheme not in ("http", "https") or "://" not in raw:
+                raise ValueError("must start with http:// or https://")
+        return url
+
+
+class SinksSettings(Frozen):
+    """Outputs for detections beside Alertmanager, the detections topic and the log."""
+
+    webhook: WebhookSettings = WebhookSettings()
+
+
 class MetricsSettings(Frozen):
     host: str = "0.0.0.0"
     port: int = Field(9308, ge=0, le=65535)
@@ -230,6 +256,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    sinks: SinksSettings = SinksSettings()
     metrics: MetricsSettings = MetricsSettings()
     state: StateSettings = StateSettings()
     detectors: DetectorSettings = DetectorSettings()
@@ -449,4 +476,7 @@ def masked(settings: Settings) -> dict[str, Any]:
     ):
         if data[section].get(key) is not None:
             data[section][key] = "***"
+    webhook = data["sinks"]["webhook"]
+    if webhook["url"] is not None:
+        webhook["url"] = "***"
     return data

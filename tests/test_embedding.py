@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from driftmon.config import pipeline_config
 from driftmon.embedding import (
     EmbeddingUnavailable,
     EmbeddingWorker,
@@ -156,7 +157,7 @@ def test_pipeline_spends_the_budget_on_its_clock_not_on_event_time():
 
     def embedded(**clock):
         sampler = Sampler(1.0, budget_per_second=5.0, seed=0, min_per_key=0)
-        pipeline = Pipeline(settings, sampler=sampler, **clock)
+        pipeline = Pipeline(pipeline_config(settings), sampler=sampler, **clock)
         return sum(pipeline.process(line, i).embed for i, line in enumerate(lines))
 
     assert embedded(sampler_clock=lambda: 1000.0) == 5  # one burst, the clock stands still

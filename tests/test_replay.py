@@ -239,3 +239,23 @@ def test_detection_table_shows_each_feature_in_its_own_unit():
     table = summary_table(result)
     assert "401 characters" in table and "12,527 characters" in table
     assert "0.0 %" in table and "16.5 %" in table
+
+
+def test_drifts_resolve_in_the_report_once_quiet_at_an_event_index(mixed_file: Path):
+    settings = Settings(embeddings={"enabled": False})
+    result = replay([str(mixed_file)], settings)
+    report = result.report()
+    resolutions = report["resolutions"]
+    assert resolutions, "the upgrade's drifts are quiet again well before the end"
+    assert all(set(r) == {"endpoint", "model", "feature", "event_index"} for r in resolutions)
+    detected = {}
+    for d in report["detections"]:
+        detected.setdefault((d["endpoint"], d["model"], d["feature"]), []).append(d["event_index"])
+    quiet = settings.detectors.warmup_events + settings.alertmanager.resolve_after_quiet_events
+    for r in resolutions:
+        onsets = detected[(r["endpoint"], r["model"], r["feature"])]
+        # The last detection before it: at least warm-up + quiet events of the key later
+        # (the key's events, so at least that many records), min_active_seconds ignored.
+        last = max(i for i in onsets if i < r["event_index"])
+        assert r["event_index"] - last >= quiet
+    assert report["resolutions"] == replay([str(mixed_file)], settings).report()["resolutions"]

@@ -10,41 +10,43 @@ cdef double _INV_SQRT2
 cdef list _NO_ALARMS
 
 
+# The fields of driftmon.core.detectors.STATE_FIELDS are public: pickling reads and writes
+# them by name (tests/core/test_detectors.py checks this list against STATE_FIELDS).
 cdef class FeatureStream:
     cdef public str name
     cdef public str kind
     cdef public double target_arl
-    cdef object _config
+    cdef public object _config
     cdef long long _warmup
     cdef bint _binary
     cdef public long long n
     cdef public double current
-    cdef long long _detected_at
-    cdef bint _learning
-    cdef object _warm
-    cdef bint _ph_on
-    cdef double _ph_k
-    cdef double _ph_threshold
-    cdef long long _ph_n
-    cdef double _ph_inc
-    cdef double _ph_dec
-    cdef double _ph_min
-    cdef double _ph_max
-    cdef long long _ph_argmin
-    cdef long long _ph_argmax
-    cdef object _adwin
+    cdef public long long _detected_at
+    cdef public bint _learning
+    cdef public object _warm
+    cdef public bint _ph_on
+    cdef public double _ph_k
+    cdef public double _ph_threshold
+    cdef public long long _ph_n
+    cdef public double _ph_inc
+    cdef public double _ph_dec
+    cdef public double _ph_min
+    cdef public double _ph_max
+    cdef public long long _ph_argmin
+    cdef public long long _ph_argmax
+    cdef public object _adwin
     cdef object _adwin_helper
     cdef public long long ref_n
-    cdef double _mean
-    cdef double _inv_sd
-    cdef double _z0
-    cdef double _z1
-    cdef object _shape
-    cdef long long _blk_n
-    cdef double _blk_sum
-    cdef double _blk_sumsq
-    cdef double _ref_sum
-    cdef double _ref_sumsq
+    cdef public double _mean
+    cdef public double _inv_sd
+    cdef public double _z0
+    cdef public double _z1
+    cdef public object _shape
+    cdef public long long _blk_n
+    cdef public double _blk_sum
+    cdef public double _blk_sumsq
+    cdef public double _ref_sum
+    cdef public double _ref_sumsq
 
     @cython.locals(cur=cython.double, z=cython.double, a_in=cython.double,
                    inc=cython.double, dec=cython.double)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -34,27 +35,26 @@ from driftmon.core.calibration import (
     ph_threshold_continuous,
     shape_table,
 )
+from driftmon.core.registry import FEATURES, FeatureKind, check_feature
 
 DETECTORS = ("page_hinkley", "adwin")
 Kind = Literal["continuous", "binary"]
+"""A stream's kind: a registered ``rate`` feature is watched as a ``binary`` stream (the
+name pickled in snapshots)."""
 
-# Everything else (0/1 format and contract features) is watched as a rate.
+_STREAM_KINDS: Final[dict[FeatureKind, Kind]] = {"continuous": "continuous", "rate": "binary"}
+
 CONTINUOUS_FEATURES: Final = frozenset(
-    {
-        "output_chars",
-        "output_tokens",
-        "list_items",
-        "paragraphs",
-        "sentence_words",
-        "feedback",
-        "latency",
-        "embedding_distance",
-    }
+    name for name, f in FEATURES.items() if _STREAM_KINDS[f.kind] == "continuous"
 )
+"""From the registry (:mod:`driftmon.core.registry`); every other feature is a 0/1 rate."""
 
 
 def feature_kind(name: str) -> Kind:
-    return "continuous" if name in CONTINUOUS_FEATURES else "binary"
+    """The stream kind of a feature; a name not registered is a named contract check, a rate
+    (:func:`driftmon.core.registry.check_feature`). Called when a stream is created."""
+    registered = FEATURES.get(name)
+    return _STREAM_KINDS[registered.kind if registered is not None else check_feature(name).kind]
 
 
 Z_CLIP = 4.0  # bounds the influence of one outlier on the CUSUM and on ADWIN
@@ -108,6 +108,10 @@ class FrozenPageHinkley(PageHinkley):
     def __init__(self, delta: float, threshold: float) -> None:
         super().__init__(min_instances=1, delta=delta, threshold=threshold, alpha=1.0)
 
+    def reset(self) -> None:
+        """river's ``_reset``, public for :class:`driftmon.core.protocols.DriftDetector`."""
+        self._reset()
+
     def _reset(self) -> None:
         super()._reset()  # type: ignore[no-untyped-call]
         self._x_mean = _FrozenMean()  # type: ignore[assignment]
@@ -159,46 +163,57 @@ class Alarm:
     since_onset: int
 
 
+STATE_FIELDS: Final = (
+    "name",
+    "kind",
+    "target_arl",
+    "_config",
+    "n",
+    "current",
+    "_detected_at",
+    "_learning",
+    "_warm",
+    "_ph_on",
+    "_ph_k",
+    "_ph_threshold",
+    "_ph_n",
+    "_ph_inc",
+    "_ph_dec",
+    "_ph_min",
+    "_ph_max",
+    "_adwin",
+    "ref_n",
+    "_mean",
+    "_inv_sd",
+    "_z0",
+    "_z1",
+    "_shape",
+    "_blk_n",
+    "_blk_sum",
+    "_blk_sumsq",
+    "_ref_sum",
+    "_ref_sumsq",
+    "_ph_argmin",
+    "_ph_argmax",
+)
+"""A :class:`FeatureStream`'s state, in its pickled order: the one list of its fields.
+
+``__slots__`` adds the three derived from them on restore and ``__reduce__`` reads them by
+name; ``detectors.pxd`` types them and ``_set_state`` unpacks them (for speed), both checked
+against this list by tests/core/test_detectors.py. Appending a field needs a restore rule for
+older snapshots (as for ``_ph_argmin``/``_ph_argmax``); reordering or removing one needs a
+new ``SNAPSHOT_VERSION``."""
+
+_FIELDS_BEFORE_ONSET: Final = STATE_FIELDS.index("_ph_argmin")  # older snapshots: 29 fields
+_get_state: Final = attrgetter(*STATE_FIELDS)  # the fields as one tuple, read in C
+
+
 class FeatureStream:
     """Reference, detectors and display values of one feature of one key."""
 
-    # Compiled, detectors.pxd declares these as typed fields of an extension type.
-    __slots__ = (
-        "_adwin",
-        "_adwin_helper",
-        "_binary",
-        "_blk_n",
-        "_blk_sum",
-        "_blk_sumsq",
-        "_config",
-        "_detected_at",
-        "_inv_sd",
-        "_learning",
-        "_mean",
-        "_ph_argmax",
-        "_ph_argmin",
-        "_ph_dec",
-        "_ph_inc",
-        "_ph_k",
-        "_ph_max",
-        "_ph_min",
-        "_ph_n",
-        "_ph_on",
-        "_ph_threshold",
-        "_ref_sum",
-        "_ref_sumsq",
-        "_shape",
-        "_warm",
-        "_warmup",
-        "_z0",
-        "_z1",
-        "current",
-        "kind",
-        "n",
-        "name",
-        "ref_n",
-        "target_arl",
-    )
+    # Compiled, detectors.pxd declares these as typed fields of an extension type
+    # (public ones: pickling reads and writes them by name).
+    __slots__ = (*STATE_FIELDS, "_adwin_helper", "_binary", "_warmup")
 
     def __init__(self, name: str, kind: Kind, target_arl: float, config: DetectorConfig) -> None:
         self.name = name
@@ -252,6 +267,27 @@ class FeatureStream:
     @property
     def baseline(self) -> float:
         return self._mean if self.ref_n else math.nan
+
+    # -- the detector protocol (driftmon.core.protocols.DriftDetector) --------------------
+    # Read outside the hot path: update() returns the alarm itself.
+    @property
+    def drift_detected(self) -> bool:
+        """Whether the last value fed made a detector fire."""
+        return self._detected_at >= 0 and self._detected_at == self.n
+
+    @property
+    def statistic(self) -> float:
+        """The Page-Hinkley (CUSUM) statistic of the current test; 0 while learning."""
+        return self._ph_statistic()
+
+    @property
+    def threshold(self) -> float:
+        """The Page-Hinkley threshold of the current test; infinite while learning."""
+        return float(self._ph_threshold)
+
+    def reset(self) -> None:
+        """The protocol's name for :meth:`relearn`."""
+        self.relearn()
 
     def _finish_warmup(self) -> None:
         values = self._warm
@@ -416,48 +452,15 @@ class FeatureStream:
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled field by field, so one snapshot restores in the compiled and in the
         plain-Python build alike (Cython's own pickling names build-specific helpers)."""
-        return (
-            _restore_stream,
-            (
-                self.name,
-                self.kind,
-                self.target_arl,
-                self._config,
-                self.n,
-                self.current,
-                self._detected_at,
-                bool(self._learning),
-                self._warm,
-                bool(self._ph_on),
-                self._ph_k,
-                self._ph_threshold,
-                self._ph_n,
-                self._ph_inc,
-                self._ph_dec,
-                self._ph_min,
-                self._ph_max,
-                self._adwin,
-                self.ref_n,
-                self._mean,
-                self._inv_sd,
-                self._z0,
-                self._z1,
-                self._shape,
-                self._blk_n,
-                self._blk_sum,
-                self._blk_sumsq,
-                self._ref_sum,
-                self._ref_sumsq,
-                self._ph_argmin,
-                self._ph_argmax,
-            ),
-        )
+        return (_restore_stream, _get_state(self))
 
     def _set_state(self, state: tuple[Any, ...]) -> None:
         if len(state) == _FIELDS_BEFORE_ONSET:
             # Pickled before the onset estimate: no extremes known, so the estimate
             # counts from the start of the current test.
             state = (*state, 0, 0)
+        # STATE_FIELDS in order, unpacked into the typed fields (a test checks the order): a
+        # setattr loop over STATE_FIELDS restores a third slower in the compiled build.
         (
             self.name,
             self.kind,
@@ -504,9 +507,6 @@ class FeatureStream:
         if self._adwin is not None:
             out["adwin"] = (float(self._adwin.width), float(self._adwin.delta))
         return out
-
-
-_FIELDS_BEFORE_ONSET = 29  # length of a pickled stream's state before _ph_arg*
 
 
 def _restore_stream(*state: Any) -> FeatureStream:

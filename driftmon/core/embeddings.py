@@ -537,6 +537,10 @@ class MewmaDetector:
         )
         self._reset()
 
+    def reset(self) -> None:
+        """Restart the EWMA (the reference and threshold stay)."""
+        self._reset()
+
     def _reset(self) -> None:
         self._ewma = np.zeros(self._center.size)
         self.statistic = 0.0

@@ -11,39 +11,45 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from math import log1p
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import jsonschema
 import orjson
 
+from driftmon.core import registry
 from driftmon.core.events import Event
-from driftmon.settings import EndpointContract, Settings
 
-BUILTIN_FEATURES: Final = (
-    "output_chars",
-    "output_tokens",
-    "empty_output",
-    "json_valid",
-    "schema_valid",
-    "within_max_output_tokens",
-    "code_fence",
-    "markdown_start",
-    "markdown_bold",
-    "list_items",
-    "paragraphs",
-    "sentence_words",
-    "preamble",
-    "refusal",
-    "truncated",
-    "feedback",
-    "latency",
-)
-"""Every fixed feature name; check names may not reuse them. ``json_valid``, ``schema_valid``
-and ``within_max_output_tokens`` exist only for endpoints with that contract."""
 
-_CONTRACT_ONLY: Final = ("json_valid", "schema_valid", "within_max_output_tokens")
-_TEXT_FEATURES: Final = tuple(f for f in BUILTIN_FEATURES if f not in _CONTRACT_ONLY)
+@dataclass(frozen=True, slots=True)
+class ContractConfig:
+    """One endpoint's output contract (SPEC §2): what its answers must look like."""
+
+    format: Literal["json", "text"] = "text"
+    json_schema: Mapping[str, Any] | None = None
+    max_output_tokens: int | None = None
+    must_match: Mapping[str, str] = field(default_factory=dict)
+    must_not_match: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """What :class:`FeatureExtractor` needs: its patterns and the endpoints' contracts
+    (``driftmon.config.feature_config`` builds it from the settings)."""
+
+    preamble_patterns: tuple[str, ...]
+    refusal_patterns: tuple[str, ...]
+    endpoints: Mapping[str, ContractConfig] = field(default_factory=dict)
+
+
+BUILTIN_FEATURES: Final = registry.names("text", "event", "contract")
+"""Every fixed feature name (from :mod:`driftmon.core.registry`); check names may not reuse
+them. ``json_valid``, ``schema_valid`` and ``within_max_output_tokens`` exist only for
+endpoints with that contract."""
+
+_TEXT_FEATURES: Final = registry.names("text", "event")
 _ZERO_WHEN_EMPTY: Final = (
     "code_fence",
     "markdown_start",
@@ -189,7 +195,7 @@ class _Contract:
 
     __slots__ = ("check_json", "match", "max_tokens", "names", "not_match", "validator")
 
-    def __init__(self, endpoint: str, contract: EndpointContract) -> None:
+    def __init__(self, endpoint: str, contract: ContractConfig) -> None:
         self.check_json = contract.format == "json"
         self.validator: Any = None
         if contract.json_schema is not None:
@@ -199,7 +205,7 @@ class _Contract:
         self.match = [(n, re.compile(p)) for n, p in contract.must_match.items()]
         self.not_match = [(n, re.compile(p)) for n, p in contract.must_not_match.items()]
         checks = [n for n, _ in self.match + self.not_match]
-        clash = set(checks) & set(BUILTIN_FEATURES) | {n for n in checks if checks.count(n) > 1}
+        clash = set(checks) & set(registry.FEATURES) | {n for n in checks if checks.count(n) > 1}
         if clash:
             raise ValueError(
                 f"endpoints.{endpoint}: check names {sorted(clash)} are used by another feature"
@@ -230,12 +236,12 @@ class _Contract:
 class FeatureExtractor:
     """Turns events into ``{feature: value}``; patterns and schemas are compiled up front."""
 
-    def __init__(self, settings: Settings) -> None:
-        fs = settings.features
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
         # Preambles are anchored, so matching them case-insensitively costs little.
-        self._preamble = _compile_any(fs.preamble_patterns, re.IGNORECASE)
-        self._refusal = _compile_refusals(fs.refusal_patterns)
-        self._contracts = {ep: _Contract(ep, c) for ep, c in settings.endpoints.items()}
+        self._preamble = _compile_any(list(config.preamble_patterns), re.IGNORECASE)
+        self._refusal = _compile_refusals(list(config.refusal_patterns))
+        self._contracts = {ep: _Contract(ep, c) for ep, c in config.endpoints.items()}
 
     def feature_names(self, endpoint: str) -> tuple[str, ...]:
         """Names ``extract`` can produce for ``endpoint`` (when the optional inputs are given)."""

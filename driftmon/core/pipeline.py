@@ -7,26 +7,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from driftmon.core.detectors import DetectorConfig
 from driftmon.core.embeddings import Vector
 from driftmon.core.events import Event, Rejection, parse_event
-from driftmon.core.features import FeatureExtractor
+from driftmon.core.features import FeatureConfig, FeatureExtractor
 from driftmon.core.monitor import Detection, Monitor, MonitorConfig
-from driftmon.settings import Settings
+from driftmon.decoders import Decoder, decoder
 
 
-def monitor_config(settings: Settings) -> MonitorConfig:
-    d = settings.detectors
-    return MonitorConfig(
-        events_per_false_alarm=float(d.events_per_false_alarm),
-        max_keys=settings.limits.max_keys,
-        detector=DetectorConfig(
-            warmup=d.warmup_events,
-            k=d.page_hinkley_k,
-            page_hinkley=d.page_hinkley,
-            adwin=d.adwin,
-        ),
-    )
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """The core's whole configuration, plain values (``driftmon.config.pipeline_config``
+    builds it from the settings).
+
+    ``only_features``: watch only these features (None: all). ``max_message_bytes``: a
+    larger record is rejected as ``too_large``. ``input_format``: the decoder
+    :meth:`Pipeline.process_message` uses (:data:`driftmon.decoders.DECODERS`).
+    """
+
+    monitor: MonitorConfig
+    features: FeatureConfig
+    max_message_bytes: int = 1_000_000
+    only_features: frozenset[str] | None = None
+    input_format: str = "native"
 
 
 class EmbeddingSampler(Protocol):
@@ -55,7 +57,7 @@ class Pipeline:
 
     def __init__(
         self,
-        settings: Settings,
+        config: PipelineConfig,
         extractor: FeatureExtractor | None = None,
         sampler: EmbeddingSampler | None = None,
         sampler_clock: Callable[[], float] | None = None,
@@ -64,14 +66,14 @@ class Pipeline:
         spent on. The daemon passes its monotonic clock: the budget is CPU time, and a
         backlog read at many times real speed must not get a budget in event time. Without
         one (replay), the event's timestamp, else its index, keeps runs reproducible."""
-        self.settings = settings
-        self.extractor = extractor or FeatureExtractor(settings)
+        self.config = config
+        self.extractor = extractor or FeatureExtractor(config.features)
         self.sampler = sampler
         self._sampler_clock = sampler_clock
-        only = settings.detectors.features
-        self._only = frozenset(only) if only is not None else None
-        self.monitor = Monitor(monitor_config(settings), feature_count=self._feature_count)
-        self.max_bytes = settings.kafka.max_message_bytes
+        self._only = config.only_features
+        self._decode: Decoder = decoder(config.input_format)
+        self.monitor = Monitor(config.monitor, feature_count=self._feature_count)
+        self.max_bytes = config.max_message_bytes
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.embedding_errors: Counter[str] = Counter()
@@ -86,7 +88,8 @@ class Pipeline:
     def process(
         self, raw: bytes | str, index: int = -1, default_timestamp: float | None = None
     ) -> Outcome:
-        """Process one record; ``index`` is its position in the input (for reports).
+        """Process one native record (one event); ``index`` is its position in the input
+        (for reports). :meth:`process_message` takes any input format.
 
         Never raises for a record: any exception while decoding, featurising or detecting
         rejects it as ``internal_error`` (see :meth:`_internal_error`), so a poison record
@@ -94,9 +97,30 @@ class Pipeline:
         """
         try:
             parsed = parse_event(raw, max_bytes=self.max_bytes)
-            if isinstance(parsed, Rejection):
-                self.rejected[parsed.reason] += 1
-                return Outcome(None, parsed, {}, [])
+        except Exception as exc:  # a bug or unforeseen input costs one record, not the stream
+            return self._internal_error(exc)
+        return self._process_decoded(parsed, index, default_timestamp)
+
+    def process_message(
+        self, raw: bytes | str, index: int = -1, default_timestamp: float | None = None
+    ) -> list[Outcome]:
+        """Process one message of the configured input format: one outcome per event or
+        rejection it holds, in order, all at position ``index``. Never raises, as
+        :meth:`process`: an exception while decoding rejects the whole message (one
+        outcome), one while processing an event rejects that event."""
+        try:
+            decoded = list(self._decode(raw, max_bytes=self.max_bytes))
+        except Exception as exc:  # a bug or unforeseen input costs one message
+            return [self._internal_error(exc)]
+        return [self._process_decoded(item, index, default_timestamp) for item in decoded]
+
+    def _process_decoded(
+        self, parsed: Event | Rejection, index: int, default_timestamp: float | None
+    ) -> Outcome:
+        if isinstance(parsed, Rejection):
+            self.rejected[parsed.reason] += 1
+            return Outcome(None, parsed, {}, [])
+        try:
             features = self.extractor.extract(parsed)
             if self._only is not None:
                 features = {k: v for k, v in features.items() if k in self._only}

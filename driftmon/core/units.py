@@ -17,28 +17,27 @@ from __future__ import annotations
 import math
 from typing import Final
 
-# Fed to the detectors as log1p(count): shown as the count, in these units.
-LOG_FEATURES: Final = {
-    "output_chars": "characters",
-    "output_tokens": "tokens",
-    "list_items": "list items",
-    "paragraphs": "paragraphs",
-    "latency": "ms",
-}
-# Fed as they are.
+from driftmon.core.registry import FEATURES, RATE_UNIT
+
+# Snapshots of the registry (driftmon.core.registry) for readers of the tables; the
+# functions below read the registry itself.
+LOG_FEATURES: Final = {f.name: f.unit for f in FEATURES.values() if f.log_scale}
+"""Fed to the detectors as log1p(count): shown as the count, in these units."""
 PLAIN_FEATURES: Final = {
-    "sentence_words": "words",
-    "feedback": "score",
-    "embedding_distance": "distance",
-    # The MEWMA detector on the whole vector: a detection's baseline is its threshold,
-    # current its statistic.
-    "embedding": "statistic",
+    f.name: f.unit for f in FEATURES.values() if f.kind == "continuous" and not f.log_scale
 }
+"""Fed as they are."""
 
 
 def unit(feature: str) -> str:
-    """The unit a feature's values are shown in; every other feature is a 0/1 rate (%)."""
-    return LOG_FEATURES.get(feature) or PLAIN_FEATURES.get(feature) or "%"
+    """The unit a feature's values are shown in; a named contract check is a rate (%)."""
+    registered = FEATURES.get(feature)
+    return RATE_UNIT if registered is None else registered.unit
+
+
+def _log_scale(feature: str) -> bool:
+    registered = FEATURES.get(feature)
+    return registered is not None and registered.log_scale
 
 
 def to_display(feature: str, value: float) -> float:
@@ -49,9 +48,9 @@ def to_display(feature: str, value: float) -> float:
     """
     if math.isnan(value):
         return value
-    if feature in LOG_FEATURES:
+    if _log_scale(feature):
         return math.expm1(value)
-    if feature in PLAIN_FEATURES:
+    if unit(feature) != RATE_UNIT:
         return value
     return 100.0 * value
 
@@ -64,7 +63,7 @@ def format_value(feature: str, value: float) -> str:
     u = unit(feature)
     if u == "%":
         return f"{value:.1f} %"
-    if feature in LOG_FEATURES:
+    if _log_scale(feature):
         return f"{value:,.1f} {u}" if abs(value) < 10 else f"{value:,.0f} {u}"
     return f"{value:.3g} {u}" if abs(value) < 100 else f"{value:,.0f} {u}"
 
@@ -84,7 +83,7 @@ def describe_change(feature: str, baseline: float, current: float) -> str:
     """
     if feature == "embedding":
         return f"statistic {current:.3g} over threshold {baseline:.3g}"
-    if feature in LOG_FEATURES or feature == "embedding_distance":
+    if _log_scale(feature) or feature == "embedding_distance":
         word = "typical"
     elif unit(feature) == "%":
         word = "rate"

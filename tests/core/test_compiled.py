@@ -28,13 +28,14 @@ _RUN = """
 import json, sys
 from pathlib import Path
 from driftmon.core import compiled_modules
+from driftmon.config import pipeline_config
 from driftmon.core.pipeline import Pipeline
 from driftmon.settings import Settings
 from driftmon.synthetic import Upgrade, generate
 
 mode, path = (sys.argv[1], Path(sys.argv[2])) if len(sys.argv) > 2 else ("", None)
 HALF = 8000
-p = Pipeline(Settings())
+p = Pipeline(pipeline_config(Settings()))
 found = []
 lines = list(generate(16000, n_keys=3, seed=5, upgrade=Upgrade("sql-assistant", 10000),
                       bad_line_every=97))

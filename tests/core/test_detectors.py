@@ -1,7 +1,16 @@
 import math
+import pickle
 import random
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
-from driftmon.core.detectors import DetectorConfig, FeatureStream
+import numpy as np
+
+from driftmon.core import detectors
+from driftmon.core.detectors import STATE_FIELDS, DetectorConfig, FeatureStream, FrozenPageHinkley
+from driftmon.core.embeddings import EmbeddingReference, MewmaDetector
+from driftmon.core.protocols import DriftDetector
 
 
 def _stream(kind="continuous", target=1e6, **cfg):
@@ -224,3 +233,106 @@ def test_a_stream_pickled_before_the_onset_estimate_restores():
     assert old.statistics() == s.statistics()
     index, alarm = _first_alarm(old, [rng.gauss(3.0, 1.0) for _ in range(200)])
     assert index < 20 and 1 <= alarm.since_onset <= 500 + index + 1
+
+
+# --- one declaration of the state, the detector protocol ---------------------------------
+
+PXD = Path(detectors.__file__).with_name("detectors.pxd")
+
+
+def _pxd_fields() -> dict[str, tuple[bool, str]]:
+    """FeatureStream's fields in detectors.pxd: name → (public, C type)."""
+    body = PXD.read_text().split("cdef class FeatureStream:")[1]
+    fields = re.findall(r"^    cdef (public )?(\w+(?: \w+)?) (\w+)$", body, re.M)
+    return {name: (bool(public), ctype) for public, ctype, name in fields}
+
+
+def test_the_pxd_types_exactly_the_declared_fields_and_exposes_the_state() -> None:
+    fields = _pxd_fields()
+    assert set(fields) == set(FeatureStream.__slots__)
+    assert set(STATE_FIELDS) <= set(FeatureStream.__slots__)
+    assert len(STATE_FIELDS) == len(set(STATE_FIELDS)) == 31
+    assert [f for f in STATE_FIELDS if not fields[f][0]] == []  # pickling reads them by name
+
+
+def _sentinel_state() -> tuple[object, ...]:
+    """A distinct value for every state field, of the field's C type."""
+    values: list[object] = []
+    for i, field in enumerate(STATE_FIELDS):
+        ctype = _pxd_fields()[field][1]
+        if field == "_config":
+            values.append(DetectorConfig(warmup=123))
+        elif field == "_adwin":
+            values.append(SimpleNamespace(_helper=f"helper {i}"))
+        elif ctype == "double":
+            values.append(i + 0.25)
+        elif ctype == "long long":
+            values.append(i)
+        elif ctype == "bint":
+            values.append(field == "_learning")
+        elif ctype == "str":
+            values.append(f"value {i}")
+        else:
+            values.append(SimpleNamespace(field=field))
+    return tuple(values)
+
+
+def test_restoring_sets_each_field_of_the_declaration_from_its_position() -> None:
+    state = _sentinel_state()
+    stream = detectors._restore_stream(*state)
+    assert tuple(getattr(stream, f) for f in STATE_FIELDS) == state
+    assert stream.__reduce__() == (detectors._restore_stream, state)
+
+
+def test_a_pickled_stream_holds_the_declared_fields_in_order() -> None:
+    s = _stream(warmup=100)
+    rng = random.Random(2)
+    for _ in range(400):
+        s.update(rng.gauss(0.0, 1.0))
+    _, state = s.__reduce__()
+    assert state == tuple(getattr(s, f) for f in STATE_FIELDS)
+    copy = pickle.loads(pickle.dumps(s))
+    values = [rng.gauss(0.0 if i < 300 else 1.5, 1.0) for i in range(800)]
+    assert _first_alarm(copy, values)[0] == _first_alarm(s, values)[0]
+
+
+def test_feature_stream_follows_the_detector_protocol() -> None:
+    s = _stream(warmup=100)
+    assert isinstance(s, DriftDetector)
+    assert not s.drift_detected and s.statistic == 0.0 and s.threshold == math.inf
+    rng = random.Random(4)
+    values = [rng.gauss(0.0 if i < 600 else 2.0, 1.0) for i in range(1000)]
+    fired = []
+    for i, x in enumerate(values):
+        alarm = s.update(x)
+        assert s.drift_detected == (alarm is not None)
+        if alarm is None and not s.learning:
+            assert 0.0 <= s.statistic <= s.threshold < math.inf
+        if alarm is not None:
+            fired.append(i)
+    assert fired and fired[0] >= 600
+    s.reset()
+    assert s.learning and s.threshold == math.inf
+
+
+def test_the_river_page_hinkley_and_mewma_follow_the_protocol_too() -> None:
+    ph = FrozenPageHinkley(delta=0.5, threshold=15.0)
+    assert isinstance(ph, DriftDetector)
+    fired = next(i for i in range(100) if (ph.update(2.0), ph.drift_detected)[1])
+    # The first value sets the minimum; eleven more steps of 2.0 - 0.5 pass 15.
+    assert fired == 11 and ph.statistic > ph.threshold
+    ph.reset()
+    assert not ph.drift_detected and ph.statistic == 0.0
+
+    rng = np.random.default_rng(1)
+    ref = EmbeddingReference(fit_n=100, calib_n=100, rank=4)
+    for v in rng.normal(size=(200, 8)):
+        ref.add(v)
+    mewma = MewmaDetector(ref, target_arl=1_000)
+    assert isinstance(mewma, DriftDetector)
+    shifted = rng.normal(size=(300, 8)) + 3.0
+    fired = next(i for i, v in enumerate(shifted) if (mewma.update(v), mewma.drift_detected)[1])
+    assert fired < 50
+    mewma.update(shifted[0])
+    mewma.reset()
+    assert not mewma.drift_detected and mewma.statistic == 0.0

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from driftmon.config import feature_config
 from driftmon.core.events import Event
 from driftmon.core.features import (
     BUILTIN_FEATURES,
@@ -15,6 +16,11 @@ from driftmon.core.features import (
     FeatureExtractor,
 )
 from driftmon.settings import EndpointContract, FeatureSettings, Settings
+
+
+def extractor(settings: Settings) -> FeatureExtractor:
+    return FeatureExtractor(feature_config(settings))
+
 
 ALPACA = Path(__file__).parents[2].parent / "shared/data/llm_outputs/alpaca_eval"
 
@@ -34,7 +40,7 @@ TEXT_KEYS = {
 
 @pytest.fixture(scope="module")
 def fx() -> FeatureExtractor:
-    return FeatureExtractor(Settings())
+    return extractor(Settings())
 
 
 def ev(output: str = "", **kw: Any) -> Event:
@@ -214,7 +220,7 @@ def test_custom_patterns_with_upper_case_and_inline_flags() -> None:
             refusal_patterns=[r"NO WAY", r"(?s)nope.*never", r"(?i)nah"],
         )
     )
-    fx = FeatureExtractor(settings)
+    fx = extractor(settings)
     assert feat(fx, "well, yes.", "preamble") == 1.0
     assert feat(fx, "Okay then.", "preamble") == 1.0
     assert feat(fx, "Wellness matters.", "preamble") == 0.0
@@ -227,9 +233,7 @@ def test_custom_patterns_with_upper_case_and_inline_flags() -> None:
 
 
 def test_empty_pattern_lists_match_nothing() -> None:
-    fx = FeatureExtractor(
-        Settings(features=FeatureSettings(preamble_patterns=[], refusal_patterns=[]))
-    )
+    fx = extractor(Settings(features=FeatureSettings(preamble_patterns=[], refusal_patterns=[])))
     f = fx.extract(ev("Sure! I'm sorry, but I can't help."))
     assert f["preamble"] == 0.0
     assert f["refusal"] == 0.0
@@ -269,7 +273,7 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def cfx() -> FeatureExtractor:
-    return FeatureExtractor(
+    return extractor(
         Settings(
             endpoints={
                 "api": EndpointContract(
@@ -378,7 +382,7 @@ def test_builtin_features_cover_the_spec_table() -> None:
 )
 def test_check_names_must_not_clash(contract: EndpointContract) -> None:
     with pytest.raises(ValueError, match="check names"):
-        FeatureExtractor(Settings(endpoints={"api": contract}))
+        extractor(Settings(endpoints={"api": contract}))
 
 
 # --- real outputs -------------------------------------------------------------------------

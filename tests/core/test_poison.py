@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from driftmon.config import pipeline_config
 from driftmon.core.events import Event, Rejection
 from driftmon.core.features import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH
 from driftmon.core.pipeline import Pipeline
@@ -51,7 +52,7 @@ def record(output: str, endpoint: str = "poison") -> str:
 
 @pytest.fixture
 def pipeline() -> Pipeline:
-    return Pipeline(Settings(endpoints=ENDPOINTS, embeddings={"enabled": False}))
+    return Pipeline(pipeline_config(Settings(endpoints=ENDPOINTS, embeddings={"enabled": False})))
 
 
 def test_the_issue_poison_record_counts_as_not_valid_instead_of_raising(pipeline):
@@ -219,7 +220,7 @@ def test_a_schema_deeper_in_frames_than_the_stack_counts_as_not_schema_valid():
     defs: dict[str, Any] = {f"r{i}": {"allOf": [{"$ref": f"#/$defs/r{i + 1}"}]} for i in range(30)}
     defs["r30"] = {"type": "array", "items": {"$ref": "#/$defs/r0"}}
     settings = Settings(endpoints={"chain": {"json_schema": {"$defs": defs, "$ref": "#/$defs/r0"}}})
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(pipeline_config(settings))
     shallow = pipeline.process(record(nested(2), "chain"))
     deep = pipeline.process(record(nested(40), "chain"))
     assert shallow.features["schema_valid"] == 1.0
