@@ -36,9 +36,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from driftmon import logs
 from driftmon.daemon import Daemon
+from driftmon.demo.synthetic import generate
+from driftmon.demo.tansu import EmbeddedBroker, free_port
 from driftmon.settings import KafkaSettings, Settings
-from driftmon.synthetic import generate
-from driftmon.tansu import EmbeddedBroker, free_port
 
 TOPIC = "llm-outputs"
 STALL_SECONDS = 180.0

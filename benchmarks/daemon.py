@@ -57,9 +57,9 @@ from driftmon.config import pipeline_config
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
 from driftmon.daemon import Daemon, PartitionState
+from driftmon.demo.synthetic import generate
+from driftmon.demo.tansu import EmbeddedBroker
 from driftmon.settings import KafkaSettings, Settings
-from driftmon.synthetic import generate
-from driftmon.tansu import EmbeddedBroker
 
 TOPIC = "llm-outputs"
 N_KEYS = 100  # keys in the Kafka stream

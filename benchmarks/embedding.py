@@ -19,10 +19,10 @@ from typing import Any
 
 from answers import DATA, real_answers
 
+from driftmon.demo.synthetic import generate
 from driftmon.embedding import EmbeddingWorker, load_embedder
 from driftmon.replay import replay
 from driftmon.settings import Settings
-from driftmon.synthetic import generate
 
 
 def worker_vs_encode(texts: list[str], repeats: int) -> dict[str, Any]:

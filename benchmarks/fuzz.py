@@ -1,6 +1,6 @@
 """Fuzz the replay core with mutated real-ish events; prints JSON (issue 18).
 
-Events from ``driftmon.synthetic`` are mutated at random (seeded): fields deleted, values
+Events from ``driftmon.demo.synthetic`` are mutated at random (seeded): fields deleted, values
 swapped for other JSON types, deep nesting, huge and invalid-UTF-8 values, random bytes,
 truncations, bit flips, odd labels, OpenTelemetry shapes, and answers to endpoints with
 JSON contracts (one with the self-referencing schema of issue 18). Every record goes
@@ -29,9 +29,9 @@ from typing import Any, Final
 from driftmon import logs
 from driftmon.config import pipeline_config
 from driftmon.core.pipeline import Pipeline
+from driftmon.demo.synthetic import generate
 from driftmon.replay import replay
 from driftmon.settings import Settings
-from driftmon.synthetic import generate
 
 SELF_REFERENCING: Final = {"type": "array", "items": {"$ref": "#"}}
 SQL_SCHEMA: Final = {

@@ -34,9 +34,9 @@ from driftmon.config import pipeline_config
 from driftmon.core import compiled_label
 from driftmon.core.events import Event, parse_event
 from driftmon.core.pipeline import Pipeline
+from driftmon.demo.synthetic import generate
 from driftmon.embedding import Sampler
 from driftmon.settings import Settings
-from driftmon.synthetic import generate
 
 
 def _passes(

@@ -95,7 +95,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from driftmon.synthetic import Upgrade, generate
+    from driftmon.demo.synthetic import Upgrade, generate
 
     upgrade = (
         Upgrade(endpoint=args.upgrade_endpoint, at_event=args.upgrade_at)
@@ -122,7 +122,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from driftmon.demo import demo
+    from driftmon.demo.live import demo
 
     return demo(args)
 

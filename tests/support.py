@@ -22,7 +22,7 @@ import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from driftmon.tansu import free_port
+from driftmon.demo.tansu import free_port
 
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 needs_alertmanager = pytest.mark.skipif(

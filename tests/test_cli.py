@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from driftmon.demo.synthetic import generate
 from driftmon.replay import PROGRESS_EVERY
-from driftmon.synthetic import generate
 
 SECRET = "Alice Example, 12 Secret Lane, card 4111-1111-1111-1111"
 GOOD = {"endpoint": "chat", "model": "m1", "output": "Hello there."}

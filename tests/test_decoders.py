@@ -11,8 +11,8 @@ from driftmon.config import pipeline_config
 from driftmon.core.events import Event, Rejection, parse_event
 from driftmon.core.pipeline import Pipeline
 from driftmon.decoders import DECODERS, decode, decoder
+from driftmon.demo.synthetic import Upgrade, generate
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, generate
 
 NATIVE = {"endpoint": "chat", "model": "m1", "output": "Hello."}
 OTEL = {

@@ -13,6 +13,7 @@ import pytest
 
 from driftmon.core.events import Rejection, parse_event
 from driftmon.core.monitor import Detection
+from driftmon.demo.synthetic import BAD_LINE_REASONS, Upgrade, generate
 from driftmon.replay import (
     MAX_DETAIL_CHARS,
     MAX_REJECTED_EXAMPLES,
@@ -22,7 +23,6 @@ from driftmon.replay import (
     summary_table,
 )
 from driftmon.settings import Settings
-from driftmon.synthetic import BAD_LINE_REASONS, Upgrade, generate
 
 UPGRADE_AT = 4000
 

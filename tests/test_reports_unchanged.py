@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
+from driftmon.demo.synthetic import Upgrade, generate
 from driftmon.replay import replay
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, generate
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[1]

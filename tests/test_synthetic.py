@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from driftmon.synthetic import BAD_LINE_REASONS, Upgrade, default_demo_stream, generate
+from driftmon.demo.synthetic import BAD_LINE_REASONS, Upgrade, default_demo_stream, generate
 
 PREAMBLE = re.compile(
     r"(?:sure|certainly|of course|great question|here (?:is|are|'s)|happy to help)\b", re.I

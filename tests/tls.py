@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftmon.tansu import free_port
+from driftmon.demo.tansu import free_port
 
 OPENSSL = shutil.which("openssl")
 

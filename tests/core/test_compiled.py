@@ -31,7 +31,7 @@ from driftmon.core import compiled_modules
 from driftmon.config import pipeline_config
 from driftmon.core.pipeline import Pipeline
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, generate
+from driftmon.demo.synthetic import Upgrade, generate
 
 mode, path = (sys.argv[1], Path(sys.argv[2])) if len(sys.argv) > 2 else ("", None)
 HALF = 8000

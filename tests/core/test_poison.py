@@ -16,8 +16,8 @@ from driftmon.config import pipeline_config
 from driftmon.core.events import Event, Rejection
 from driftmon.core.features import MAX_JSON_DEPTH, MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH
 from driftmon.core.pipeline import Pipeline
+from driftmon.demo.synthetic import generate
 from driftmon.settings import Settings
-from driftmon.synthetic import generate
 
 SELF_REFERENCING = {"type": "array", "items": {"$ref": "#"}}
 ENDPOINTS: dict[str, Any] = {

@@ -29,7 +29,7 @@ EXPECTED_ALERTS = {
     "DriftmonAlertQueueOverflow",
     "DriftmonAlertsUndelivered",
 }
-RUNBOOK_BASE = "https://github.com/driftmon/driftmon/blob/main/README.md#runbook-"
+RUNBOOK_BASE = "https://github.com/driftmon/driftmon/blob/main/docs/runbooks.md#"
 # Metrics the rules may read beyond SPEC §5 (besides Prometheus's own `up`): the
 # alert-queue overflow counter, which SPEC §5 does not list but driftmon.metrics
 # exports, unlabelled and so present at 0 from start-up; the undelivered-alerts gauge,

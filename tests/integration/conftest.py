@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from driftmon.tansu import EmbeddedBroker
+from driftmon.demo.tansu import EmbeddedBroker
 from tests.support import create_topic
 
 

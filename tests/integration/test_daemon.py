@@ -16,11 +16,11 @@ from kafka import KafkaProducer
 from driftmon import kafka as kafka_io
 from driftmon.core.events import Rejection
 from driftmon.daemon import METRICS_REFRESH_SECONDS as METRICS_REFRESH
+from driftmon.demo.synthetic import Upgrade, generate
+from driftmon.demo.tansu import EmbeddedBroker
 from driftmon.kafka import DLQ_HEADERS
 from driftmon.replay import replay
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, generate
-from driftmon.tansu import EmbeddedBroker
 from tests.support import (
     Alertmanager,
     DaemonProcess,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from driftmon.synthetic import generate
+from driftmon.demo.synthetic import generate
 from tests.support import (
     DaemonProcess,
     daemon_settings,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from kafka.errors import TopicAlreadyExistsError
 
-from driftmon.synthetic import generate
-from driftmon.tansu import EmbeddedBroker, free_port
+from driftmon.demo.synthetic import generate
+from driftmon.demo.tansu import EmbeddedBroker, free_port
 from tests.support import (
     DaemonProcess,
     create_topic,

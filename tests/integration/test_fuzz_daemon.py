@@ -12,7 +12,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from benchmarks.fuzz import FUZZ_ENDPOINTS, Mutator
-from driftmon.tansu import EmbeddedBroker
+from driftmon.demo.tansu import EmbeddedBroker
 from tests.support import DaemonProcess, daemon_settings, http_get, running, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

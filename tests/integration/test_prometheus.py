@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
+from driftmon.demo.synthetic import Upgrade, generate
+from driftmon.demo.tansu import EmbeddedBroker, free_port
 from driftmon.replay import replay
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, generate
-from driftmon.tansu import EmbeddedBroker, free_port
 from tests.support import (
     DaemonProcess,
     daemon_settings,

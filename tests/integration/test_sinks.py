@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from driftmon.demo.synthetic import Upgrade, generate
 from driftmon.replay import replay
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, generate
 from tests.support import DaemonProcess, daemon_settings, produce, running, wait_for
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from driftmon.synthetic import Upgrade, generate
-from driftmon.tansu import EmbeddedBroker, free_port
+from driftmon.demo.synthetic import Upgrade, generate
+from driftmon.demo.tansu import EmbeddedBroker, free_port
 from tests.support import (
     DaemonProcess,
     daemon_settings,

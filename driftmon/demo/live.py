@@ -24,9 +24,9 @@ from driftmon import logs
 from driftmon.core.monitor import Detection
 from driftmon.core.units import format_value, unit
 from driftmon.daemon import Daemon
+from driftmon.demo.synthetic import Upgrade, default_demo_stream
+from driftmon.demo.tansu import BrokerUnavailable, EmbeddedBroker, free_port
 from driftmon.settings import Settings
-from driftmon.synthetic import Upgrade, default_demo_stream
-from driftmon.tansu import BrokerUnavailable, EmbeddedBroker, free_port
 
 TOPIC = "llm-outputs"
 EVENTS_PER_SECOND = 400.0
