@@ -169,7 +169,16 @@ class Daemon:
                 "stopping: kafka error",
                 error=str(exc)[:500],
                 retriable=kafka_io.retriable(exc),
-                retried_for_seconds=KAFKA_RETRY_DEADLINE_SECONDS if kafka_io.retriable(exc) else 0,
+                phase="running" if self._consumer is not None else "bootstrap",
+                retried_for_seconds=(
+                    (
+                        KAFKA_RETRY_DEADLINE_SECONDS
+                        if self._consumer is not None
+                        else KAFKA_BOOTSTRAP_DEADLINE_SECONDS
+                    )
+                    if kafka_io.retriable(exc)
+                    else 0
+                ),
             )
             code = EXIT_FATAL
         except Exception as exc:

@@ -9,9 +9,10 @@ clean-up. Here the daemon publishes, once per metrics refresh, what its monitors
 now; a scrape renders exactly that. A key that is evicted is simply absent from the next
 snapshot: eviction costs nothing, and a scrape never shows more keys than are monitored.
 
-The events counter comes from each key's own count (``KeyState.events``, checkpointed
-with it). A key evicted and seen again restarts from zero: a counter reset, which
-``rate()`` and ``increase()`` handle; process-wide totals that survive eviction are
+The events counter counts each key's accepted events since the process started (the
+daemon keeps the counts; the checkpointed ``KeyState.events`` would step back after a
+crash and read as a reset). A key evicted and seen again restarts from zero: a counter
+reset, which ``rate()`` and ``increase()`` handle; process-wide totals that survive eviction are
 ``driftmon_events_accepted_total`` and ``driftmon_events_rejected_total``.
 """
 

@@ -102,7 +102,7 @@ class Metrics:
         )
         self.alerts_sent = counter(
             "driftmon_alerts_sent",
-            "Alerts posted to Alertmanager, per URL, by final outcome.",
+            "Alerts posted to Alertmanager (each URL counts once), by final outcome.",
             ("status",),
         )
         self.alert_queue_dropped = counter(

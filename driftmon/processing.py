@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from kafka import TopicPartition
 
 from driftmon import kafka as kafka_io
@@ -27,6 +28,10 @@ from driftmon.partitions import Partitions, PartitionState
 from driftmon.refresh import MetricsRefresh
 from driftmon.settings import Settings
 from driftmon.sinks import Origin, Sinks
+
+log = structlog.get_logger(__name__)
+# Kafka record times past this (10000-01-01) are not times: the record counts as untimed.
+MAX_EPOCH_SECONDS = 253_402_300_800.0
 
 
 class Processor:
@@ -82,6 +87,8 @@ class Processor:
         # (or another partition of ours still has the same drift active).
         for drift in state.drifts.active.values():
             if not self._drift_elsewhere(drift.key):
+                # The flag goes too: a page on driftmon_drift_active must not outlive it.
+                self.series.drift_resolved(drift)
                 self.sinks.forget(drift)
 
     def flush_outputs(self) -> None:
@@ -116,7 +123,11 @@ class Processor:
                 state = self.kafka.reset(tp, "beyond_end", log_start=None, log_end=None, seek=False)
             process = state.pipeline.process
             for rec in records:
-                ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
+                # The record's time, when it is a plausible one (a producer writing
+                # microseconds as CreateTime must not put detections in the year 55 840).
+                ts = rec.timestamp / 1000.0 if rec.timestamp else None
+                if ts is not None and not 0.0 < ts < MAX_EPOCH_SECONDS:
+                    ts = None
                 out = process(rec.value if rec.value is not None else b"", rec.offset, ts)
                 # The state now holds this record: move its offset with it, so that a
                 # checkpoint taken after an error later in the batch stays exact.
@@ -167,8 +178,15 @@ class Processor:
             state = self.partitions.get(tp)
             if state is None:  # revoked meanwhile: the new owner samples its own
                 continue
+            errors = sum(state.pipeline.embedding_errors.values())
             for det in state.pipeline.process_embedding(endpoint, model, vector, offset, ts):
                 self.detected(tp, offset, det, state)
+            if sum(state.pipeline.embedding_errors.values()) > errors:
+                self.metrics.embeddings_skipped.labels("internal_error").inc()
+                log.warning(
+                    "embedding could not be applied, skipped",
+                    errors=dict(state.pipeline.embedding_errors),
+                )
 
     def refresh_metrics(self) -> None:
         """Gauges and resolutions, at most every few seconds: never per event."""

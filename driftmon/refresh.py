@@ -56,7 +56,12 @@ class MetricsRefresh:
         m.last_detection_timestamp.labels(*labels).set(drift.since)
 
     def drift_resolved(self, drift: ActiveDrift) -> None:
-        self.metrics.drift_active.labels(*drift.key).set(0)
+        """The drift flag to 0, or away when its key's drift series are gone already (the
+        key was evicted or dropped): a flag set again then would never be removed."""
+        if (drift.endpoint, drift.model) in self.drift_series:
+            self.metrics.drift_active.labels(*drift.key).set(0)
+        else:
+            self.metrics.remove_key(drift.endpoint, drift.model, {drift.feature}, ())
 
     def remove_key(self, endpoint: str, model: str) -> None:
         """Drop the drift series of a key that left (evicted, partition dropped; the caller

@@ -126,7 +126,11 @@ class AlertmanagerSettings(Frozen):
     def _http_urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
             if urllib.parse.urlsplit(url).scheme not in ("http", "https") or "://" not in url:
-                raise ValueError(f"{url!r} must start with http:// or https://")
+                # Never the URL itself: it may hold credentials (user:password@host).
+                raise ValueError(
+                    f"an alertmanager URL ({urllib.parse.urlsplit(url).scheme or 'no'} scheme) "
+                    "must start with http:// or https://"
+                )
         return urls
 
     def token(self) -> str | None:

@@ -19,9 +19,12 @@ its settings section and one line in :func:`build_sinks` (docs/extending-sinks.m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import structlog
 
 from driftmon.core.drifts import ActiveDrift
 from driftmon.core.monitor import Detection
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from driftmon.alertmanager import AlertSender
     from driftmon.metrics import Metrics
     from driftmon.settings import Settings
+
+_log = structlog.get_logger(__name__)  # not "log": that is the log sink submodule
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,33 +79,40 @@ class Sinks(Sink):
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
 
-    def add(self, detection: Detection, origin: Origin) -> None:
+    # A sink that raises must not stop consumption (and, raising again on the same
+    # detection after a restart, crash-loop the daemon): it is logged and the others go on.
+    def _each(self, action: str, call: Callable[[Sink], None]) -> None:
         for sink in self.sinks:
-            sink.add(detection, origin)
+            try:
+                call(sink)
+            except Exception as exc:
+                _log.error(
+                    "sink failed", sink=type(sink).__name__, action=action, error=type(exc).__name__
+                )
+
+    def add(self, detection: Detection, origin: Origin) -> None:
+        self._each("add", lambda sink: sink.add(detection, origin))
 
     def fire(self, drift: ActiveDrift) -> None:
-        for sink in self.sinks:
-            sink.fire(drift)
+        self._each("fire", lambda sink: sink.fire(drift))
 
     def resolve(self, drift: ActiveDrift) -> None:
-        for sink in self.sinks:
-            sink.resolve(drift)
+        self._each("resolve", lambda sink: sink.resolve(drift))
 
     def forget(self, drift: ActiveDrift) -> None:
-        for sink in self.sinks:
-            sink.forget(drift)
+        self._each("forget", lambda sink: sink.forget(drift))
 
     def tick(self) -> None:
-        for sink in self.sinks:
-            sink.tick()
+        self._each("tick", lambda sink: sink.tick())
 
     def flush(self) -> None:
         for sink in self.sinks:
             sink.flush()
 
     def close(self, timeout: float) -> None:
-        for sink in self.sinks:
-            sink.close(timeout)
+        """One deadline for all: each sink gets what the ones before it left."""
+        deadline = time.monotonic() + timeout
+        self._each("close", lambda sink: sink.close(max(deadline - time.monotonic(), 0.1)))
 
 
 class CallbackSink(Sink):
