@@ -140,6 +140,12 @@ class Metrics:
             "Alerts queued or being retried for an Alertmanager URL, not yet accepted.",
             ("url",),
         )
+        self.webhook_posts = counter(
+            "driftmon_webhook_posts",
+            "Webhook sink outcomes: ok, rejected (4xx, not retried), error (retries spent), "
+            "dropped (queue full or closing), failed_attempts (every POST that failed).",
+            ("outcome",),
+        )
         self.build_info = gauge(
             "driftmon_build_info",
             "Always 1; labelled with the version and whether the per-event core is compiled.",

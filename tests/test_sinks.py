@@ -171,6 +171,25 @@ def test_a_client_error_is_not_retried(receiver: Receiver) -> None:
     assert all(SECRET_PATH not in str(e) for e in logs)
 
 
+def test_outcomes_reach_prometheus(receiver: Receiver) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from driftmon.metrics import Metrics
+
+    registry = CollectorRegistry()
+    receiver.statuses = [400, 200]
+    sink = WebhookSink(
+        WebhookSettings(url=receiver.url), clock=lambda: 1_700_000_600.0, metrics=Metrics(registry)
+    )
+    sink.add(DETECTION, ORIGIN)
+    sink.add(DETECTION, ORIGIN)
+    sink.close(5)
+    value = registry.get_sample_value
+    assert value("driftmon_webhook_posts_total", {"outcome": "rejected"}) == 1
+    assert value("driftmon_webhook_posts_total", {"outcome": "ok"}) == 1
+    assert value("driftmon_webhook_posts_total", {"outcome": "failed_attempts"}) == 1
+
+
 def test_an_unreachable_receiver_is_counted_and_never_logged_with_its_path() -> None:
     dead = Receiver()
     url = dead.url

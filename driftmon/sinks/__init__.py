@@ -150,5 +150,5 @@ def build_sinks(
     if settings.sinks.webhook.url is not None:
         from driftmon.sinks.webhook import WebhookSink
 
-        sinks.append(WebhookSink(settings.sinks.webhook))
+        sinks.append(WebhookSink(settings.sinks.webhook, metrics=metrics))
     return Sinks(sinks)

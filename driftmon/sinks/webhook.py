@@ -38,6 +38,7 @@ from driftmon.alertmanager import error_kind, rfc3339
 from driftmon.core.drifts import ActiveDrift
 from driftmon.core.monitor import Detection
 from driftmon.core.units import describe_change
+from driftmon.metrics import Metrics
 from driftmon.settings import WebhookSettings
 from driftmon.sinks import Origin, Sink
 
@@ -49,7 +50,11 @@ _IDLE_WAKE_SECONDS: Final = 0.5  # how often an idle sender looks for a shutdown
 
 class WebhookSink(Sink):
     def __init__(
-        self, settings: WebhookSettings, *, clock: Callable[[], float] = time.time
+        self,
+        settings: WebhookSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         if settings.url is None:
             raise ValueError("sinks.webhook.url is not set")
@@ -66,8 +71,17 @@ class WebhookSink(Sink):
         # ok, rejected (a 4xx: never retried), error (retries exhausted), dropped (queue
         # full), failed_attempts: each POST that did not succeed.
         self.counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()  # the main thread and the sender both count
+        self._metrics = metrics
         self._thread = threading.Thread(target=self._run, name="driftmon-webhook", daemon=True)
         self._thread.start()
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        """Count an outcome here and in driftmon_webhook_posts_total{outcome}."""
+        with self._counts_lock:
+            self.counts[outcome] += n
+        if self._metrics is not None and n:
+            self._metrics.webhook_posts.labels(outcome).inc(n)
 
     # -- the lifecycle ------------------------------------------------------------------
     def add(self, detection: Detection, origin: Origin) -> None:
@@ -106,7 +120,7 @@ class WebhookSink(Sink):
         self._thread.join(timeout + 1.0)
         left = self._queue.qsize()
         if left:
-            self.counts["dropped"] += left
+            self._count("dropped", left)
             log.warning("webhook posts not delivered before shutdown", url=self.label, posts=left)
 
     # -- delivery -------------------------------------------------------------------------
@@ -117,7 +131,7 @@ class WebhookSink(Sink):
         except ValueError:  # NaN (a value not known): null instead
             self._put({k: _finite(v) for k, v in body.items()})
         except queue.Full:
-            self.counts["dropped"] += 1
+            self._count("dropped", 1)
             log.warning("webhook queue full, post dropped", url=self.label)
 
     def _run(self) -> None:
@@ -129,9 +143,9 @@ class WebhookSink(Sink):
                     return
                 continue
             if self._stop.is_set() and time.monotonic() >= self._deadline:
-                self.counts["dropped"] += 1  # the rest: counted by close()
+                self._count("dropped", 1)  # the rest: counted by close()
                 return
-            self.counts[self._deliver(body)] += 1
+            self._count(self._deliver(body), 1)
 
     def _deliver(self, body: bytes) -> str:
         pause, longest = BACKOFF_SECONDS
@@ -143,13 +157,13 @@ class WebhookSink(Sink):
             try:
                 self._post(body, timeout)
             except urllib.error.HTTPError as exc:
-                self.counts["failed_attempts"] += 1
+                self._count("failed_attempts", 1)
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     log.warning("webhook rejected the post", url=self.label, status=exc.code)
                     return "rejected"
                 error = f"HTTP {exc.code}"
             except (OSError, http.client.HTTPException) as exc:
-                self.counts["failed_attempts"] += 1
+                self._count("failed_attempts", 1)
                 error = f"{error_kind(exc)}: {exc}"
             else:
                 return "ok"
