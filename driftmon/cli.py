@@ -45,6 +45,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     settings = settings.model_copy(
         update={"embeddings": settings.embeddings.model_copy(update={"enabled": args.embeddings})}
     )
+    if args.format is not None:
+        settings = settings.model_copy(
+            update={"input": settings.input.model_copy(update={"format": args.format})}
+        )
     try:
         result = replay(args.files, settings)
     except IsADirectoryError as exc:
@@ -98,7 +102,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from driftmon.demo.synthetic import Upgrade, generate
 
     upgrade = (
-        Upgrade(endpoint=args.upgrade_endpoint, at_event=args.upgrade_at)
+        Upgrade(
+            endpoint=args.upgrade_endpoint, at_event=args.upgrade_at, new_model=args.upgrade_model
+        )
         if args.upgrade_at >= 0
         else None
     )
@@ -112,6 +118,84 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     ):
         out.write(line)
         out.write("\n")
+    return EXIT_OK
+
+
+COMPARE_EPILOG = """\
+Both files go through the daemon's decoders and feature extractor, and through the same
+anytime-valid comparison as a live model transition. When the files share response ids
+(the same prompts answered by both versions: a golden set), answers are paired by id,
+which needs far fewer answers; otherwise NEW is compared with OLD's profile.
+
+exit codes:
+  0  unchanged, changed (a minor version) or not decided yet
+  1  breaking: a contract or guard is worse beyond its tolerance (block the promotion)
+  2  bad input: a file missing or without any accepted answer, no endpoint in both files,
+     or bad configuration
+"""
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from driftmon.changelog import render
+    from driftmon.compare import EXIT_BAD_INPUT, CompareInputError, compare
+
+    settings = _settings(args)
+    if args.format is not None:
+        settings = settings.model_copy(
+            update={"input": settings.input.model_copy(update={"format": args.format})}
+        )
+    try:
+        result = compare(args.old, args.new, settings)
+    except CompareInputError as exc:
+        print(f"driftmon compare: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(render([t.report() for t in result.transitions]))
+    pairing = "paired by id" if result.paired else "not paired (no shared ids)"
+    print(
+        f"\n{result.old.path}: {len(result.old.events)} accepted; "
+        f"{result.new.path}: {len(result.new.events)} accepted; {pairing}.",
+        file=sys.stderr,
+    )
+    if args.report:
+        with open(args.report, "w") as handle:
+            json.dump(result.report(), handle, indent=1)
+            handle.write("\n")
+    return result.exit_code
+
+
+def _cmd_changelog(args: argparse.Namespace) -> int:
+    from driftmon.changelog import render
+
+    if (args.report is None) == (args.url is None):
+        print("driftmon changelog: give a REPORT.json or --url, not both", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.url is not None:
+            import urllib.request
+
+            url = args.url.rstrip("/")
+            if not url.endswith("/transitions"):
+                url += "/transitions"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                data = json.load(response)
+        else:
+            with open(args.report) as handle:
+                data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        where = args.url or args.report
+        print(f"driftmon changelog: cannot read {where}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    transitions = data.get("transitions") if isinstance(data, dict) else None
+    if not isinstance(transitions, list):
+        print(
+            "driftmon changelog: no 'transitions' list in it (a replay or compare --report, "
+            "or a daemon's /transitions)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    if args.endpoint:
+        transitions = [t for t in transitions if t.get("endpoint") == args.endpoint]
+    print(render(transitions))
     return EXIT_OK
 
 
@@ -167,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="embed sampled outputs and watch them (off by default in replay, whatever "
         "embeddings.enabled says; about 100x slower)",
     )
+    p.add_argument(
+        "--format",
+        choices=("auto", "native", "otlp_json", "otlp_proto", "litellm"),
+        default=None,
+        help="input format (default: input.format, auto: sniffed per line); otlp_proto "
+        "reads length-prefixed messages (4-byte big-endian length, then the message)",
+    )
     p.set_defaults(func=_cmd_replay)
     p = add("demo", "Embedded broker + synthetic stream with a silent upgrade, live view.")
     p.add_argument("--events", type=int, default=None, help="events to produce")
@@ -199,7 +290,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="make every Nth line garbage, to exercise rejections (default 0: none)",
     )
+    p.add_argument(
+        "--upgrade-model",
+        default=None,
+        metavar="LABEL",
+        help="give the upgraded model this new label (a deliberate upgrade, compared with "
+        "the old version as a model transition); default: the label stays (silent)",
+    )
     p.set_defaults(func=_cmd_generate)
+    p = add("compare", "Compare two sets of outputs as a model transition (a promotion gate).")
+    p.epilog = COMPARE_EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("old", metavar="OLD.jsonl", help="outputs of the current version")
+    p.add_argument("new", metavar="NEW.jsonl", help="outputs of the candidate version")
+    p.add_argument("--report", metavar="OUT.json", help="write the JSON comparison here")
+    p.add_argument(
+        "--format",
+        choices=("auto", "native", "otlp_json", "litellm"),
+        default=None,
+        help="input format (default: input.format)",
+    )
+    p.set_defaults(func=_cmd_compare)
+    p = add("changelog", "Print the Markdown changelog of model transitions.")
+    p.add_argument("report", nargs="?", metavar="REPORT.json", help="a replay or compare --report")
+    p.add_argument("--url", help="a running daemon's metrics address (reads /transitions)")
+    p.add_argument("--endpoint", help="only this endpoint's transitions")
+    p.set_defaults(func=_cmd_changelog)
     return parser
 
 

@@ -15,6 +15,7 @@ from driftmon.core.detectors import DetectorConfig
 from driftmon.core.features import ContractConfig, FeatureConfig
 from driftmon.core.monitor import MonitorConfig
 from driftmon.core.pipeline import PipelineConfig
+from driftmon.core.transitions import Guard, TransitionConfig
 from driftmon.settings import EndpointContract, Settings
 
 
@@ -58,4 +59,27 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         features=feature_config(settings),
         max_message_bytes=settings.kafka.max_message_bytes,
         only_features=frozenset(only) if only is not None else None,
+        input_format=settings.input.format,
+        endpoint_from=tuple(settings.input.endpoint_from),
+        dedup_window=settings.input.dedup_window,
+        transitions=transition_config(settings),
+    )
+
+
+def transition_config(settings: Settings) -> TransitionConfig:
+    t = settings.transitions
+    return TransitionConfig(
+        enabled=t.enabled,
+        alpha=t.alpha,
+        equivalence_sd=t.equivalence.sd,
+        equivalence_points=t.equivalence.rate_points,
+        min_events=t.min_events,
+        stratify_by=tuple(t.stratify_by),
+        version_attributes=tuple(t.version_attributes),
+        guards=tuple(
+            (name, Guard(g.direction, g.tolerance)) for name, g in sorted(t.guards.items())
+        ),
+        contract_tolerance=t.contract_tolerance,
+        max_events=t.max_events,
+        max_transitions=settings.limits.max_transitions,
     )

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from driftmon.core import compiled_label
 from driftmon.core.events import REJECTION_REASONS
+from driftmon.core.transitions import OVERALL as TRANSITION_VERDICTS
 from driftmon.keyseries import KeySeries
 from driftmon.server import serve as serve  # the daemon imports it from here
 
@@ -146,6 +147,36 @@ class Metrics:
             "dropped (queue full or closing), failed_attempts (every POST that failed).",
             ("outcome",),
         )
+        # Issue 13: messages that cannot be decompressed or decoded as a whole.
+        self.messages_undecodable = counter(
+            "driftmon_messages_undecodable",
+            "Kafka messages (or fetched batches) that could not be decompressed or decoded, "
+            "by topic and action (dead_letter or skip: input.undecodable).",
+            ("topic", "action"),
+        )
+        # Issue 12: version transitions (SPEC §7).
+        self.transition_verdict = gauge(
+            "driftmon_transition_verdict",
+            "1 for the current verdict of each open or recent model transition on an "
+            "endpoint (pending, unchanged, changed, breaking), 0 for the others.",
+            ("endpoint", "from_model", "to_model", "verdict"),
+        )
+        self.transition_effect = gauge(
+            "driftmon_transition_effect",
+            "Effect size of a transition per feature: Cohen's d for continuous features, "
+            "percentage points for rates.",
+            ("endpoint", "from_model", "to_model", "feature"),
+        )
+        self.transitions_opened = counter(
+            "driftmon_transitions_opened", "Model transitions opened on endpoints."
+        )
+        self.transitions_refused = counter(
+            "driftmon_transitions_refused",
+            "Model changes not tracked as transitions, by reason (limit: "
+            "limits.max_transitions reached; no_baseline: the previous version served "
+            "fewer than transitions.min_events events).",
+            ("reason",),
+        )
         self.build_info = gauge(
             "driftmon_build_info",
             "Always 1; labelled with the version and whether the per-event core is compiled.",
@@ -158,6 +189,8 @@ class Metrics:
             self.events_rejected.labels(reason)
         for status in ALERT_STATUSES:
             self.alerts_sent.labels(status)
+        for reason in ("limit", "no_baseline"):
+            self.transitions_refused.labels(reason)
 
     def remove_key(
         self, endpoint: str, model: str, features: Iterable[str], detectors: Iterable[str]
@@ -171,6 +204,23 @@ class Metrics:
             _remove(self.last_detection_timestamp, endpoint, model, feature)
             for detector in detectors:
                 _remove(self.drift_detections, endpoint, model, feature, detector)
+
+    def remove_transition(
+        self,
+        endpoint: str,
+        from_model: str,
+        to_model: str,
+        features: Iterable[str],
+        *,
+        verdicts: bool = True,
+    ) -> None:
+        """Drop a transition's effect series for ``features`` and (``verdicts``) its
+        verdict series: it is no longer listed by any partition of this process."""
+        if verdicts:
+            for verdict in TRANSITION_VERDICTS:
+                _remove(self.transition_verdict, endpoint, from_model, to_model, verdict)
+        for feature in features:
+            _remove(self.transition_effect, endpoint, from_model, to_model, feature)
 
     def remove_partition_lag(self, topic: str, partition: int | str) -> None:
         """Drop the lag series of a partition this consumer no longer owns."""

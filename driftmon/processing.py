@@ -18,6 +18,7 @@ from kafka import TopicPartition
 from driftmon import kafka as kafka_io
 from driftmon.config import feature_config, pipeline_config
 from driftmon.core.drifts import ActiveDrift, ResolvePolicy
+from driftmon.core.events import Rejection
 from driftmon.core.features import FeatureExtractor
 from driftmon.core.monitor import Detection
 from driftmon.core.pipeline import Pipeline
@@ -32,6 +33,8 @@ from driftmon.sinks import Origin, Sinks
 log = structlog.get_logger(__name__)
 # Kafka record times past this (10000-01-01) are not times: the record counts as untimed.
 MAX_EPOCH_SECONDS = 253_402_300_800.0
+# A whole message rejected for one of these could not be decoded at all (input.undecodable).
+UNDECODABLE_REASONS = frozenset({"not_json", "not_object", "not_protobuf", "too_large"})
 
 
 class Processor:
@@ -112,8 +115,6 @@ class Processor:
     def process_batch(self, batch: dict[TopicPartition, list[Any]]) -> int:
         key_counts: Counter[tuple[str, str]] = Counter()
         n = 0
-        dead_letters = self.settings.kafka.dead_letter_topic
-        max_bytes = self.settings.kafka.max_message_bytes
         for tp, records in batch.items():
             state = self.partitions.get(tp)
             if state is None:
@@ -121,44 +122,86 @@ class Processor:
             if records and state.next_offset is not None and records[0].offset < state.next_offset:
                 # kafka-python found the offset out of range and moved by auto_offset_reset.
                 state = self.kafka.reset(tp, "beyond_end", log_start=None, log_end=None, seek=False)
-            process = state.pipeline.process
+            process = state.pipeline.process_message
             for rec in records:
                 # The record's time, when it is a plausible one (a producer writing
                 # microseconds as CreateTime must not put detections in the year 55 840).
                 ts = rec.timestamp / 1000.0 if rec.timestamp else None
                 if ts is not None and not 0.0 < ts < MAX_EPOCH_SECONDS:
                     ts = None
-                out = process(rec.value if rec.value is not None else b"", rec.offset, ts)
-                # The state now holds this record: move its offset with it, so that a
+                outcomes = process(rec.value if rec.value is not None else b"", rec.offset, ts)
+                # The state now holds the whole message: move its offset with it, so that a
                 # checkpoint taken after an error later in the batch stays exact.
                 state.next_offset = rec.offset + 1
                 state.events_since_checkpoint += 1
                 n += 1
-                if out.rejection is not None:
-                    self.metrics.events_rejected.labels(out.rejection.reason).inc()
-                    kafka_io.send_dead_letter(
-                        self.producer,
-                        dead_letters,
-                        value=rec.value,
-                        key=rec.key,
-                        rejection=out.rejection,
-                        source_topic=tp.topic,
-                        partition=tp.partition,
-                        offset=rec.offset,
-                        max_value_bytes=max_bytes,
-                        on_error=kafka_io.produce_failed(
-                            self.metrics, dead_letters, tp.topic, tp.partition, rec.offset
-                        ),
-                    )
-                elif out.event is not None:
-                    key_counts[(out.event.endpoint, out.event.model)] += 1
-                    if out.embed and self.embedding is not None:
-                        self.embedding.submit(tp, out.event, rec.offset, ts)
-                for det in out.detections:
-                    self.detected(tp, rec.offset, det, state)
+                rejections: list[Rejection] = []
+                for out in outcomes:
+                    if out.rejection is not None:
+                        self.metrics.events_rejected.labels(out.rejection.reason).inc()
+                        rejections.append(out.rejection)
+                    elif out.event is not None:
+                        key_counts[(out.event.endpoint, out.event.model)] += 1
+                        if out.embed and self.embedding is not None:
+                            self.embedding.submit(tp, out.event, rec.offset, ts)
+                    for det in out.detections:
+                        self.detected(tp, rec.offset, det, state)
+                if rejections and not (
+                    len(outcomes) == 1 and self._undecodable(tp, rec.offset, rejections[0])
+                ):
+                    self._dead_letter(tp, rec, rejections, len(outcomes))
         if key_counts:
             self.series.count_events(key_counts)
         return n
+
+    def _undecodable(self, tp: TopicPartition, offset: int, rejection: Rejection) -> bool:
+        """Count and log a message that could not be decoded at all; True when it is to be
+        skipped (``input.undecodable: skip``) rather than dead-lettered."""
+        if rejection.field is not None or rejection.reason not in UNDECODABLE_REASONS:
+            return False
+        action = self.settings.input.undecodable
+        self.metrics.messages_undecodable.labels(tp.topic, action).inc()
+        log.warning(
+            "message could not be decoded",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            reason=rejection.reason,
+            action=action,
+        )
+        return action == "skip"
+
+    def _dead_letter(
+        self, tp: TopicPartition, rec: Any, rejections: list[Rejection], items: int
+    ) -> None:
+        """Dead-letter a message once, however many of its items were rejected: the
+        headers carry the first rejection, and for a batch how many items of how many
+        were rejected, by reason (the good items of the batch were processed)."""
+        dead_letters = self.settings.kafka.dead_letter_topic
+        rejection = rejections[0]
+        if items > 1:
+            reasons = Counter(r.reason for r in rejections)
+            counts = ", ".join(f"{reason}={k}" for reason, k in sorted(reasons.items()))
+            rejection = Rejection(
+                rejection.reason,
+                f"{len(rejections)} of {items} items rejected ({counts}); first: "
+                f"{rejection.detail}",
+                rejection.field,
+            )
+        kafka_io.send_dead_letter(
+            self.producer,
+            dead_letters,
+            value=rec.value,
+            key=rec.key,
+            rejection=rejection,
+            source_topic=tp.topic,
+            partition=tp.partition,
+            offset=rec.offset,
+            max_value_bytes=self.settings.kafka.max_message_bytes,
+            on_error=kafka_io.produce_failed(
+                self.metrics, dead_letters, tp.topic, tp.partition, rec.offset
+            ),
+        )
 
     def detected(
         self, tp: TopicPartition, offset: int, det: Detection, state: PartitionState

@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 import structlog
 
+from driftmon.changelog import one_line
 from driftmon.config import pipeline_config
 from driftmon.core.drifts import ActiveDrift, DriftTracker, ResolvePolicy
 from driftmon.core.events import Event
@@ -129,6 +130,8 @@ class ReplayResult:
     embedded: int = 0
     # One line per input that looks like JSON but not JSON Lines (a pretty-printed array…).
     hints: list[str] = field(default_factory=list)
+    # Model changes on endpoints (driftmon.core.transitions), as report objects (SPEC §7).
+    transitions: list[dict[str, Any]] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
         """The JSON report of SPEC §3 and §7."""
@@ -144,6 +147,7 @@ class ReplayResult:
             ],
             "detections": [d.report() for d in self.detections],
             "resolutions": [r.report() for r in self.resolutions],
+            "transitions": self.transitions,
         }
 
     def _no_answers(self) -> Counter[tuple[str, str]]:
@@ -247,6 +251,23 @@ def _open(path: str) -> AbstractContextManager[IO[bytes]]:
     return nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb")
 
 
+def _frames(handle: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Length-prefixed messages (``otlp_proto`` replay): a 4-byte big-endian length, then
+    that many bytes, repeated; numbered from 1 (``line`` in the report is the frame's
+    number). A file that ends inside a frame yields the short rest as its last message,
+    which is then rejected as not protobuf."""
+    number = 0
+    while True:
+        head = handle.read(4)
+        if not head:
+            return
+        number += 1
+        if len(head) < 4:
+            yield number, head
+            return
+        yield number, handle.read(int.from_bytes(head, "big"))
+
+
 def jsonl_hint(path: str, first_record: bytes, reason: str) -> str | None:
     """A hint when a file's first record says the file is JSON, not JSON Lines: a
     pretty-printed array (not_json, starting with ``[``), a pretty-printed document
@@ -334,6 +355,10 @@ def replay(
             result.detections.sort(key=lambda d: d.event_index)
             result.embedded = embeddings.embedded
         result.resolutions = drifts.resolutions
+        tracker = pipeline.transitions
+        if tracker is not None:
+            tracker.flush()  # the events since the last statistics update count too
+            result.transitions = [t.report() for t in tracker.transitions()]
     finally:
         progress.close()
     result.accepted = pipeline.accepted
@@ -367,48 +392,51 @@ def _feed(
     key_feedback = result.key_feedback
     detections = result.detections
     examples = result.rejected_examples
+    framed = pipeline.config.input_format == "otlp_proto"
     for path in paths:
         first_index = index
         with _open(path) as handle:
-            for line_number, line in enumerate(handle, 1):
+            records = _frames(handle) if framed else enumerate(handle, 1)
+            for line_number, line in records:
                 done += len(line)
-                if not line.strip():
+                if not framed and not line.strip():
                     continue
-                outcome = pipeline.process(line, index)
+                outcomes = pipeline.process_message(line, index)
                 index += 1
-                rejection = outcome.rejection
-                if rejection is None:
-                    event = outcome.event
-                    if event is not None:
-                        if event.kind == "feedback":
-                            key_feedback[(event.endpoint, event.model)] += 1
-                        else:
-                            key_events[(event.endpoint, event.model)] += 1
-                        if outcome.detections:
-                            detections.extend(outcome.detections)
-                            drifts.fire(outcome.detections)
-                        if outcome.embed and embeddings is not None:
-                            late = embeddings.add(index - 1, event)
-                            if late:
-                                detections.extend(late)
-                                drifts.fire(late)
-                        if drifts.tracker.active:
-                            drifts.resolve(index - 1)
-                else:
-                    if len(examples) < MAX_REJECTED_EXAMPLES:
-                        examples.append(
-                            RejectedExample(
-                                path,
-                                line_number,
-                                rejection.reason,
-                                rejection.field,
-                                rejection.detail[:MAX_DETAIL_CHARS],
+                for outcome in outcomes:
+                    rejection = outcome.rejection
+                    if rejection is None:
+                        event = outcome.event
+                        if event is not None:
+                            if event.kind == "feedback":
+                                key_feedback[(event.endpoint, event.model)] += 1
+                            else:
+                                key_events[(event.endpoint, event.model)] += 1
+                            if outcome.detections:
+                                detections.extend(outcome.detections)
+                                drifts.fire(outcome.detections)
+                            if outcome.embed and embeddings is not None:
+                                late = embeddings.add(index - 1, event)
+                                if late:
+                                    detections.extend(late)
+                                    drifts.fire(late)
+                            if drifts.tracker.active:
+                                drifts.resolve(index - 1)
+                    else:
+                        if len(examples) < MAX_REJECTED_EXAMPLES:
+                            examples.append(
+                                RejectedExample(
+                                    path,
+                                    line_number,
+                                    rejection.reason,
+                                    rejection.field,
+                                    rejection.detail[:MAX_DETAIL_CHARS],
+                                )
                             )
-                        )
-                    if index - 1 == first_index:
-                        hint = jsonl_hint(path, line, rejection.reason)
-                        if hint is not None:
-                            result.hints.append(hint)
+                        if index - 1 == first_index and not framed:
+                            hint = jsonl_hint(path, line, rejection.reason)
+                            if hint is not None:
+                                result.hints.append(hint)
                 if show_progress and index % PROGRESS_EVERY == 0:
                     progress.note(done, index, len(detections))
     result.records = index
@@ -447,6 +475,10 @@ def summary_table(result: ReplayResult) -> str:
         out.append("no drift detected")
     else:
         out.extend(_detection_lines(result.detections))
+    if result.transitions:
+        out.append("")
+        out.append("model transitions (driftmon changelog REPORT.json prints the changelog):")
+        out.extend(f"  {one_line(t)}" for t in result.transitions)
     return "\n".join(out)
 
 

@@ -62,6 +62,7 @@ class KafkaSettings(Frozen):
     auto_offset_reset: Literal["latest", "earliest"] = "latest"
     dead_letter_topic: str = "driftmon.dead-letter"
     detections_topic: str = "driftmon.detections"
+    transitions_topic: str = "driftmon.transitions"  # "" : no transition records
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -218,6 +219,83 @@ class EmbeddingSettings(Frozen):
 
 class LimitSettings(Frozen):
     max_keys: int = Field(10_000, ge=1)
+    # Open version transitions kept at once (SPEC §7); more are refused and counted.
+    max_transitions: int = Field(1000, ge=0)
+
+
+DEFAULT_ENDPOINT_FROM = [
+    "driftmon.endpoint",
+    "gen_ai.agent.name",
+    "service.name",
+    "model_group",
+    "metadata.tags.endpoint",
+]
+DEFAULT_VERSION_ATTRIBUTES = [
+    "system_fingerprint",
+    "gen_ai.openai.response.system_fingerprint",
+]
+
+
+class InputSettings(Frozen):
+    """How Kafka values and replay lines become events (SPEC §7, issue 13)."""
+
+    format: Literal["auto", "native", "otlp_json", "otlp_proto", "litellm"] = "auto"
+    # Ordered: the first attribute present names the endpoint (span, then resource).
+    endpoint_from: list[str] = DEFAULT_ENDPOINT_FROM
+    # A message that cannot be decompressed or decoded at all: dead-letter it or skip it
+    # (both log topic/partition/offset and count it).
+    undecodable: Literal["dead_letter", "skip"] = "dead_letter"
+    # Responses seen twice (a span and its details log event) count once: ids remembered.
+    dedup_window: int = Field(10_000, ge=0)
+
+
+class GuardSettings(Frozen):
+    """A feature whose change beyond ``tolerance`` in ``direction`` breaks a transition.
+
+    ``tolerance`` is in the feature's own unit: percentage points for rates, the score
+    for feedback, a ratio (e.g. 1.5 = 50 % longer) for counts on a log scale.
+    """
+
+    direction: Literal["increase", "decrease", "either"]
+    tolerance: float = Field(ge=0)
+
+
+DEFAULT_GUARDS: dict[str, GuardSettings] = {
+    "refusal": GuardSettings(direction="increase", tolerance=2.0),
+    "empty_output": GuardSettings(direction="increase", tolerance=1.0),
+    "truncated": GuardSettings(direction="increase", tolerance=2.0),
+    "feedback": GuardSettings(direction="decrease", tolerance=0.1),
+}
+
+
+class EquivalenceSettings(Frozen):
+    """The margin inside which a difference counts as ``unchanged``."""
+
+    sd: float = Field(0.1, gt=0)  # continuous features: standard deviations of the old
+    rate_points: float = Field(1.0, gt=0)  # 0/1 features: percentage points
+
+
+class TransitionSettings(Frozen):
+    """Version transitions: every model change on an endpoint compared with the version
+    it replaced (SPEC §7, issue 12)."""
+
+    enabled: bool = True
+    alpha: float = Field(0.01, gt=0, lt=0.5)
+    equivalence: EquivalenceSettings = EquivalenceSettings()
+    min_events: int = Field(30, ge=10)
+    # Attributes that decide routing (canary segment, region, ...): pairs are formed
+    # within a stratum, so a canary on one segment is not read as a model change.
+    stratify_by: list[str] = []
+    # Attributes whose change under one model label is a new version (provider side).
+    version_attributes: list[str] = DEFAULT_VERSION_ATTRIBUTES
+    # Contracts (json_valid, schema_valid, within_max_output_tokens, named checks) break
+    # at a drop of this many percentage points; guards add other features.
+    contract_tolerance: float = Field(1.0, ge=0)
+    guards: dict[str, GuardSettings] = DEFAULT_GUARDS
+    # A transition closes with its remaining features inconclusive after this many
+    # new-version events.
+    max_events: int = Field(20_000, ge=100)
+    severity: dict[str, str] = {"breaking": "critical", "changed": "warning"}
 
 
 class LoggingSettings(Frozen):
@@ -266,6 +344,8 @@ class Settings(BaseSettings):
     detectors: DetectorSettings = DetectorSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
     limits: LimitSettings = LimitSettings()
+    input: InputSettings = InputSettings()
+    transitions: TransitionSettings = TransitionSettings()
     logging: LoggingSettings = LoggingSettings()
     features: FeatureSettings = FeatureSettings()
     endpoints: dict[str, EndpointContract] = {}

@@ -51,8 +51,8 @@ def test_flat_otel_keys_decode_to_the_same_event() -> None:
 
 
 def test_an_unknown_format_is_an_error_naming_the_known_ones() -> None:
-    assert set(DECODERS) == {"native"}
-    with pytest.raises(ValueError, match=r"unknown input format 'otlp': one of \['native'\]"):
+    assert set(DECODERS) == {"auto", "native", "otlp_json", "otlp_proto", "litellm"}
+    with pytest.raises(ValueError, match=r"unknown input format 'otlp': one of \['auto', "):
         decoder("otlp")
     config = dataclasses.replace(pipeline_config(Settings()), input_format="otlp")
     with pytest.raises(ValueError, match="unknown input format"):
@@ -98,7 +98,7 @@ def _jsonl(raw: bytes | str, *, max_bytes: int = 1_000_000) -> list[Event | Reje
 def test_a_message_of_several_events_gives_one_outcome_each(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(DECODERS, "jsonl", _jsonl)
+    monkeypatch.setitem(DECODERS, "jsonl", lambda options: _jsonl)
     config = dataclasses.replace(pipeline_config(Settings()), input_format="jsonl")
     pipeline = Pipeline(config)
     message = "\n".join([json.dumps(NATIVE), "{bad", json.dumps(NATIVE | {"model": "m2"})])

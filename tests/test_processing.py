@@ -98,13 +98,13 @@ def test_a_record_time_that_is_not_a_time_counts_as_none(daemon):
     state = daemon._new_state()
     daemon.partitions[A] = state
     seen: list[float | None] = []
-    process = state.pipeline.process
+    process = state.pipeline.process_message
 
     def spy(raw: bytes, index: int, ts: float | None):  # type: ignore[no-untyped-def]
         seen.append(ts)
         return process(raw, index, ts)
 
-    state.pipeline.process = spy  # type: ignore[method-assign]
+    state.pipeline.process_message = spy  # type: ignore[method-assign]
     daemon.processor.producer = SimpleNamespace(send=lambda *a, **k: None)
     event = b'{"endpoint": "chat", "model": "m1", "output": "hi"}'
     records = [

@@ -18,6 +18,8 @@ REJECTION_REASONS: Final = (
     "bad_type",
     "out_of_range",
     "too_large",
+    # A message that is not the protobuf it should be (OTLP protobuf input).
+    "not_protobuf",
     # Anything unexpected while decoding, featurising or detecting one record: the record
     # is rejected (exception type only, never its text) and processing goes on.
     "internal_error",
@@ -27,7 +29,12 @@ FINISH_REASONS: Final = ("stop", "length", "content_filter", "tool_call", "error
 
 @dataclass(slots=True)
 class Event:
-    """One accepted input event. Times are epoch seconds (float)."""
+    """One accepted input event. Times are epoch seconds (float).
+
+    ``has_output`` is False for a response whose text was not captured (an OpenTelemetry
+    span without content capture, a LiteLLM payload without the text): ``output`` is then
+    ``""`` and the text features are not fed (it is not an empty answer).
+    """
 
     kind: Literal["completion", "feedback"]
     endpoint: str
@@ -47,6 +54,7 @@ class Event:
     feedback: float | None = None
     feedback_name: str | None = None
     attributes: dict[str, Any] | None = None
+    has_output: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,14 @@ class _Invalid(Exception):
 
 def parse_event(raw: bytes | str, *, max_bytes: int = 1_000_000) -> Event | Rejection:
     """Parse one JSON record (SPEC §1). Returns a Rejection instead of raising."""
+    record = parse_record(raw, max_bytes=max_bytes)
+    if type(record) is not dict:
+        return record  # type: ignore[return-value]
+    return event_from_record(record)
+
+
+def parse_record(raw: bytes | str, *, max_bytes: int = 1_000_000) -> dict[str, Any] | Rejection:
+    """The JSON object of one message, or the Rejection saying why there is none."""
     # A tuple, not ``str | bytes``: isinstance against a union type is twice as slow.
     if isinstance(raw, (str, bytes, bytearray)):
         if _too_large(raw, max_bytes):
@@ -152,10 +168,19 @@ def parse_event(raw: bytes | str, *, max_bytes: int = 1_000_000) -> Event | Reje
         return Rejection("not_json", f"invalid JSON at char {exc.pos}")
     if type(record) is not dict:
         return Rejection("not_object", f"top level is {_json_type(record)}, expected object")
+    return record
+
+
+def event_from_record(record: dict[str, Any], *, require_output: bool = True) -> Event | Rejection:
+    """The event of one decoded JSON object (native and flat OpenTelemetry keys).
+
+    ``require_output=False``: a completion without output text is an event with
+    ``has_output`` False (OTLP and LiteLLM inputs, where content capture is optional).
+    """
     try:
         kind = record.get("kind")
         if kind is None or kind == "completion":
-            return _completion(record)
+            return _completion(record, require_output)
         if kind == "feedback":
             return _feedback(record)
         raise _Invalid("bad_type", "kind", "expected 'completion' or 'feedback'")
@@ -173,10 +198,13 @@ def _too_large(raw: str | bytes | bytearray, max_bytes: int) -> bool:
     return len(raw.encode("utf-8", "surrogatepass")) > max_bytes
 
 
-def _completion(record: dict[str, Any]) -> Event:
+def _completion(record: dict[str, Any], require_output: bool = True) -> Event:
     endpoint = _label(record, _ENDPOINT_KEYS)
     model = _label(record, _MODEL_KEYS)
-    output = _output(record)
+    output = _output(record, require_output)
+    has_output = output is not None
+    if output is None:
+        output = ""
     finish_reason_raw = _finish_reason(record)
     feedback: float | None = None
     feedback_name: str | None = None
@@ -211,6 +239,7 @@ def _completion(record: dict[str, Any]) -> Event:
         feedback,
         feedback_name,
         attributes,
+        has_output,
     )
 
 
@@ -254,7 +283,7 @@ def _optional_str(record: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def _output(record: dict[str, Any]) -> str:
+def _output(record: dict[str, Any], required: bool) -> str | None:
     value = record.get("output")
     if type(value) is str:
         return value
@@ -265,6 +294,8 @@ def _output(record: dict[str, Any]) -> str:
         return _otel_output_text(messages)
     value = record.get(_OTEL_COMPLETION_CONTENT)
     if value is None:
+        if not required:
+            return None
         raise _Invalid("missing_field", "output", "missing")
     if type(value) is not str:
         raise _bad_type(_OTEL_COMPLETION_CONTENT, "string", value)

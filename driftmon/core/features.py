@@ -217,7 +217,9 @@ class _Contract:
 
     def add(self, event: Event, f: dict[str, float]) -> None:
         output = event.output
-        if self.check_json or self.validator is not None:
+        # Text not captured: the checks on it have nothing to see (feature order kept).
+        has_output = event.has_output
+        if has_output and (self.check_json or self.validator is not None):
             # A JSON document wrapped in a ``` fence does not parse: that is a format break.
             ok, doc = _parse_json(output)
             if self.check_json:
@@ -227,6 +229,8 @@ class _Contract:
                 f["schema_valid"] = 1.0 if valid else 0.0
         if self.max_tokens is not None and event.output_tokens is not None:
             f["within_max_output_tokens"] = 1.0 if event.output_tokens <= self.max_tokens else 0.0
+        if not has_output:
+            return
         for name, rx in self.match:
             f[name] = 1.0 if rx.search(output) else 0.0
         for name, rx in self.not_match:  # 1.0 always means "the contract holds"
@@ -252,7 +256,8 @@ class FeatureExtractor:
         """The scalar features of one event; absent optional inputs add no feature."""
         if event.kind == "feedback":
             return {} if event.feedback is None else {"feedback": event.feedback}
-        f = self._text_features(event.output)
+        # Text not captured is not an empty answer: only the event's own fields count.
+        f = self._text_features(event.output) if event.has_output else {}
         if event.output_tokens is not None:
             f["output_tokens"] = log1p(event.output_tokens)
         if event.finish_reason is not None:

@@ -20,6 +20,7 @@ from driftmon.core.detectors import (
     update_streams,
 )
 from driftmon.core.embeddings import EmbeddingStream, Vector
+from driftmon.core.transitions import TransitionTracker
 from driftmon.core.units import to_display, unit
 
 SNAPSHOT_VERSION = 3  # 2: warm-up buffers as float32, none for 0/1 features; 3: compiled
@@ -119,6 +120,9 @@ class Monitor:
         self._feature_count = feature_count
         self._keys: OrderedDict[tuple[str, str], KeyState] = OrderedDict()
         self.keys_evicted = 0
+        # Version transitions (driftmon.core.transitions), set by the pipeline; saved and
+        # restored with the keys so a transition after a restart keeps its baseline.
+        self.transitions: TransitionTracker | None = None
         # Only the identities: a flood of new keys between two drains must not keep every
         # evicted key's detector state alive (memory bounded by max_keys, not by churn).
         self._evicted: list[tuple[str, str]] = []
@@ -140,6 +144,26 @@ class Monitor:
 
     def get(self, endpoint: str, model: str) -> KeyState | None:
         return self._keys.get((endpoint, model))
+
+    def profile(
+        self, endpoint: str, model: str
+    ) -> tuple[int, dict[str, tuple[float, float, float]]] | None:
+        """A key's behavioural snapshot for version transitions: its event count and, per
+        feature, ``(n, sum, sum of squares)`` of the values its detectors' reference holds
+        (the reference and the quiet block being gathered for it; the warm-up values
+        while learning), on the detectors' scale. None for a key not monitored."""
+        state = self._keys.get((endpoint, model))
+        if state is None:
+            return None
+        out: dict[str, tuple[float, float, float]] = {}
+        for name, s in state.streams.items():
+            n = float(s.ref_n + s._blk_n)
+            total = s._ref_sum + s._blk_sum
+            if s.kind == "binary":
+                out[name] = (n, total, total)  # 0/1 values: squares are the values
+            else:
+                out[name] = (n, total, s._ref_sumsq + s._blk_sumsq)
+        return state.events, out
 
     def drain_evicted(self) -> list[tuple[str, str]]:
         """``(endpoint, model)`` of the keys evicted since the last call, oldest first
@@ -261,6 +285,7 @@ class Monitor:
             "config": self.config,
             "keys": self._keys,
             "keys_evicted": self.keys_evicted,
+            "transitions": self.transitions,
         }
         return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -280,4 +305,8 @@ class Monitor:
             raise ValueError("snapshot was taken with other detector settings")
         self._keys = payload["keys"]
         self.keys_evicted = payload["keys_evicted"]
+        saved = payload.get("transitions")
+        if self.transitions is not None and isinstance(saved, TransitionTracker):
+            saved.adopt_config(self.transitions.config)
+            self.transitions = saved
         self._evicted = []

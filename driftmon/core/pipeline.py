@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from driftmon.core.embeddings import Vector
 from driftmon.core.events import Event, Rejection, parse_event
 from driftmon.core.features import FeatureConfig, FeatureExtractor
 from driftmon.core.monitor import Detection, Monitor, MonitorConfig
-from driftmon.decoders import Decoder, decoder
+from driftmon.core.transitions import Transition, TransitionConfig, TransitionTracker
+from driftmon.decoders import DEFAULT_ENDPOINT_FROM, Decoder, DecoderOptions, decoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,11 @@ class PipelineConfig:
     max_message_bytes: int = 1_000_000
     only_features: frozenset[str] | None = None
     input_format: str = "native"
+    # Issue 13: how OTLP and LiteLLM inputs name the endpoint, and the ids remembered to
+    # count a response seen twice (a span and its details event) once.
+    endpoint_from: tuple[str, ...] = DEFAULT_ENDPOINT_FROM
+    dedup_window: int = 10_000
+    transitions: TransitionConfig = field(default_factory=TransitionConfig)
 
 
 class EmbeddingSampler(Protocol):
@@ -50,6 +56,8 @@ class Outcome:
     features: dict[str, float]
     detections: list[Detection]
     embed: bool = False
+    # Version transitions whose verdict, confounding flag or mode changed on this event.
+    transitions: list[Transition] = field(default_factory=list)
 
 
 class Pipeline:
@@ -71,8 +79,13 @@ class Pipeline:
         self.sampler = sampler
         self._sampler_clock = sampler_clock
         self._only = config.only_features
-        self._decode: Decoder = decoder(config.input_format)
+        self._decode: Decoder = decoder(
+            config.input_format, DecoderOptions(config.endpoint_from, config.dedup_window)
+        )
         self.monitor = Monitor(config.monitor, feature_count=self._feature_count)
+        if config.transitions.enabled:
+            self.monitor.transitions = TransitionTracker(config.transitions)
+        self._profile = self.monitor.profile
         self.max_bytes = config.max_message_bytes
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -84,6 +97,18 @@ class Pipeline:
             names = tuple(n for n in names if n in self._only)
         # embedding_distance (two detectors) and the embedding's mewma.
         return len(names) + (2 if self.sampler is not None else 0)
+
+    def _transition_features(self, endpoint: str) -> tuple[str, ...]:
+        names = self.extractor.feature_names(endpoint)
+        if self._only is not None:
+            names = tuple(n for n in names if n in self._only)
+        return names
+
+    @property
+    def transitions(self) -> TransitionTracker | None:
+        """The version-transition tracker (None when disabled); it lives in the monitor so
+        that it is saved and restored with it."""
+        return self.monitor.transitions
 
     def process(
         self, raw: bytes | str, index: int = -1, default_timestamp: float | None = None
@@ -136,6 +161,12 @@ class Pipeline:
             )
             for d in detections:
                 d.event_index = index
+            tracker = self.monitor.transitions
+            changed = (
+                tracker.observe(parsed, features, ts, self._profile, self._transition_features)
+                if tracker is not None
+                else []
+            )
             embed = False
             if self.sampler is not None and parsed.kind == "completion" and parsed.output.strip():
                 if self._sampler_clock is not None:
@@ -147,7 +178,7 @@ class Pipeline:
         except Exception as exc:  # a bug or unforeseen input costs one record, not the stream
             return self._internal_error(exc)
         self.accepted += 1
-        return Outcome(parsed, None, features, detections, embed)
+        return Outcome(parsed, None, features, detections, embed, changed)
 
     def _internal_error(self, exc: Exception) -> Outcome:
         """Reject the record that raised ``exc``, with the exception's type only: its

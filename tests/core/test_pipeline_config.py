@@ -14,6 +14,7 @@ from driftmon.core.detectors import DetectorConfig
 from driftmon.core.features import ContractConfig, FeatureConfig
 from driftmon.core.monitor import MonitorConfig
 from driftmon.core.pipeline import PipelineConfig
+from driftmon.core.transitions import Guard, TransitionConfig
 from driftmon.settings import Settings
 
 CORE = Path(driftmon.__file__).parent / "core"
@@ -22,7 +23,15 @@ CORE = Path(driftmon.__file__).parent / "core"
 def test_pipeline_config_carries_every_setting_the_core_reads() -> None:
     settings = Settings(
         kafka={"max_message_bytes": 4096},
-        limits={"max_keys": 7},
+        limits={"max_keys": 7, "max_transitions": 3},
+        input={"format": "otlp_json", "endpoint_from": ["a", "b"], "dedup_window": 5},
+        transitions={
+            "alpha": 0.05,
+            "stratify_by": ["segment"],
+            "guards": {"refusal": {"direction": "increase", "tolerance": 5}},
+            "equivalence": {"sd": 0.2, "rate_points": 2},
+            "min_events": 50,
+        },
         detectors={
             "events_per_false_alarm": 5000,
             "warmup_events": 120,
@@ -46,6 +55,18 @@ def test_pipeline_config_carries_every_setting_the_core_reads() -> None:
         ),
         max_message_bytes=4096,
         only_features=frozenset({"latency", "refusal"}),
+        input_format="otlp_json",
+        endpoint_from=("a", "b"),
+        dedup_window=5,
+        transitions=TransitionConfig(
+            alpha=0.05,
+            equivalence_sd=0.2,
+            equivalence_points=2.0,
+            min_events=50,
+            stratify_by=("segment",),
+            guards=(("refusal", Guard("increase", 5.0)),),
+            max_transitions=3,
+        ),
     )
 
 
