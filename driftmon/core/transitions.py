@@ -882,25 +882,26 @@ class TransitionTracker:
         version = versions.get(version_id)
         changed: list[Transition] = []
         if event.kind == "completion":
-            lineage.n += 1
-        if version is None:
-            version = _Version(event.model, event.requested_model)
-            if versions and event.kind == "completion":
-                opened = self._open(
-                    lineage, event, version_id, fingerprint, timestamp, profile, feature_names
-                )
-                if opened is not None:
-                    changed.append(opened)
-            versions[version_id] = version
-            while len(versions) > config.max_versions:
-                versions.popitem(last=False)
-        else:
-            versions.move_to_end(version_id)
-        if event.kind == "completion":
+            # Versions are known by their answers: feedback for a version not yet seen
+            # (it may arrive first) neither opens a transition nor counts as serving.
+            n = lineage.n = lineage.n + 1
+            if version is None:
+                version = _Version(event.model, event.requested_model)
+                if versions:
+                    opened = self._open(
+                        lineage, event, version_id, fingerprint, timestamp, profile, feature_names
+                    )
+                    if opened is not None:
+                        changed.append(opened)
+                versions[version_id] = version
+                while len(versions) > config.max_versions:
+                    versions.popitem(last=False)
+            else:
+                versions.move_to_end(version_id)
             version.score = (
-                version.score * math.exp((version.last - lineage.n) / config.recent_events) + 1.0
+                version.score * math.exp((version.last - n) / config.recent_events) + 1.0
             )
-            version.last = lineage.n
+            version.last = n
             version.events += 1
             if event.requested_model is not None:
                 version.alias = event.requested_model

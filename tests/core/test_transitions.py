@@ -367,3 +367,13 @@ def test_transitions_can_be_switched_off(enabled: bool) -> None:
     feed(p, [event("v1", answer(rng, 40)) for _ in range(100)])
     feed(p, [event("v2", answer(rng, 40)) for _ in range(10)])
     assert (p.transitions is not None) is enabled
+
+
+def test_feedback_arriving_before_a_versions_first_answer_does_not_hide_it() -> None:
+    rng = random.Random(13)
+    p = pipeline()
+    feed(p, [event("v1", answer(rng, 40)) for _ in range(100)])
+    early = json.dumps({"kind": "feedback", "endpoint": "chat", "model": "v2", "value": 1})
+    feed(p, [early, event("v2", answer(rng, 40))])
+    t = only(p)
+    assert (t.from_version, t.to_version) == ("v1", "v2")
