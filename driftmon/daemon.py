@@ -1,7 +1,8 @@
 """``driftmon run``: the Kafka daemon around the core: start, loop, ordered shutdown.
 
 The loop polls a batch and processes it (:mod:`driftmon.processing`: detections go to
-the drift lifecycle and the sinks), refreshes metrics and resolves quiet drifts every few
+the drift lifecycle and the sinks), publishes the version transitions that changed
+(:mod:`driftmon.sinks.transitions`), refreshes metrics and resolves quiet drifts every few
 seconds, and checkpoints (:mod:`driftmon.partitions`) every N events or T seconds.
 
 Exit codes: 0 after a clean stop (SIGTERM or SIGINT, at any moment, bootstrap included);
@@ -36,8 +37,10 @@ from driftmon.kafka import KAFKA_BOOTSTRAP_DEADLINE_SECONDS, KAFKA_RETRY_DEADLIN
 from driftmon.metrics import Metrics, serve
 from driftmon.partitions import Listener, Partitions, PartitionState
 from driftmon.processing import Processor
+from driftmon.server import Route
 from driftmon.settings import Settings
 from driftmon.sinks import CallbackSink, build_sinks
+from driftmon.sinks.transitions import TransitionPublisher
 
 __all__ = ["EXIT_CONFIG", "EXIT_FATAL", "EXIT_OK", "Daemon", "PartitionState", "run"]
 
@@ -77,6 +80,9 @@ class Daemon:
         )
         self.processor = Processor(
             settings, self.metrics, self.kafka, self.sinks, self._embedding, clock
+        )
+        self.transitions = TransitionPublisher(
+            settings, self.metrics, self.alerts, lambda: self.processor.producer, clock
         )
         # The steps of the loop; also what tests and benchmarks call (or wrap) one by one.
         self.process_batch = self.processor.process_batch
@@ -141,7 +147,11 @@ class Daemon:
     def run(self) -> int:
         k = self.settings.kafka
         server, _ = serve(
-            self.registry, self.settings.metrics.host, self.settings.metrics.port, self.ready
+            self.registry,
+            self.settings.metrics.host,
+            self.settings.metrics.port,
+            self.ready,
+            routes={"/transitions": Route(self.transitions.response)},
         )
         log.info(
             "starting",
@@ -218,24 +228,33 @@ class Daemon:
         k = self.settings.kafka
         partitions = self.kafka
         while not self.should_exit:
-            batch = self._consumer.poll(
-                timeout_ms=k.poll_timeout_ms, max_records=k.max_poll_records
+            # A batch kafka-python cannot decompress or parse is skipped and counted, not
+            # raised: raised, it would stop the daemon and meet it again on restart.
+            batch = kafka_io.poll_records(
+                self._consumer,
+                k.poll_timeout_ms,
+                k.max_poll_records,
+                kafka_io.skip_undecodable(self.metrics, self.partitions),
             )
             self._last_poll = time.monotonic()
             if partitions.listener_error is not None:
                 raise partitions.listener_error
             partitions.verify_assigned()
             stale = partitions.check_positions()
+            self.transitions.before_batch(self.partitions)
             if batch:
                 n = self.process_batch(
                     {tp: r for tp, r in batch.items() if tp not in stale} if stale else batch
                 )
                 log.debug("batch", records=n)
+            # Before any checkpoint: the producer flush that precedes it covers the records.
+            self.transitions.publish(self.partitions)
             if self._embedding is not None:
                 self.processor.apply_embeddings()
             now = time.monotonic()
             if now - self._last_refresh >= METRICS_REFRESH_SECONDS:
                 self.refresh_metrics()
+                self.transitions.refresh(self.partitions)
                 self._last_refresh = now
             self.sinks.tick()
             if partitions.checkpoint_due():
@@ -251,6 +270,7 @@ class Daemon:
         steps: list[tuple[str, Callable[[], object]]] = []
         if self._consumer is not None:
             steps.append(("refresh metrics", self.refresh_metrics))
+            steps.append(("publish transitions", lambda: self.transitions.publish(self.partitions)))
             if not self._state_failed:
                 steps.append(("final checkpoint", self.checkpoint))
             # Everything is saved and committed (or cannot be): the revoke callback of close()

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import structlog
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import Fetcher
 from kafka.errors import KafkaError
+from kafka.record.memory_records import MemoryRecords
 
 from driftmon.core.events import Rejection
 from driftmon.core.monitor import Detection
@@ -91,6 +93,113 @@ def subscribe(
     consumer: KafkaConsumer, topics: list[str], listener: ConsumerRebalanceListener
 ) -> None:
     consumer.subscribe(topics=topics, listener=listener)
+
+
+class UndecodableBatch(Exception):
+    """A fetched record batch that could not be decompressed or parsed: where it is, and
+    the first offset after it (None when even its header cannot be read)."""
+
+    def __init__(
+        self, tp: TopicPartition, offset: int, next_offset: int | None, cause: BaseException
+    ) -> None:
+        super().__init__(f"{tp.topic}[{tp.partition}] at offset {offset}: {cause!r}")
+        self.tp = tp
+        self.offset = offset
+        self.next_offset = next_offset
+        self.cause = cause
+
+
+def _batch_end(records: MemoryRecords, offset: int) -> int | None:
+    """The offset after the batch holding ``offset``, read from the batch headers alone
+    (they are never compressed); None when the headers cannot be read either."""
+    try:
+        scan = MemoryRecords(records._buffer)
+        while (batch := scan.next_batch()) is not None:
+            # A legacy (v0/v1) compressed wrapper carries the offset of its last record.
+            end = batch.next_offset if batch.magic == 2 else batch.base_offset + 1
+            if end > offset:
+                return int(end)
+    except Exception:  # a header too damaged to read: the caller steps forward instead
+        return None
+    return None
+
+
+class _TrackedPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
+    """kafka-python's fetched records of one partition, whose decoding errors (codec
+    missing, lz4/zstd/snappy/gzip failure, CRC mismatch, a malformed batch) say where
+    they are. kafka-python raises them from ``poll`` with no partition or offset, and
+    then loops forever on the dead iterator unless the position moves (3.0.12)."""
+
+    def _unpack_records(
+        self, tp: TopicPartition, records: MemoryRecords, key_des: Any, value_des: Any
+    ) -> Iterator[Any]:
+        try:
+            yield from super()._unpack_records(tp, records, key_des, value_des)
+        except Exception as exc:
+            offset = self.next_fetch_offset
+            raise UndecodableBatch(tp, offset, _batch_end(records, offset), exc) from exc
+
+
+def _track_batches(consumer: KafkaConsumer) -> None:
+    # The fetcher builds each partition's records with ``self.PartitionRecords(...)``:
+    # an instance attribute is the narrowest seam (kafka-python 3.x; pinned < 4).
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and fetcher.PartitionRecords is not _TrackedPartitionRecords:
+        fetcher.PartitionRecords = _TrackedPartitionRecords
+
+
+def poll_records(
+    consumer: KafkaConsumer,
+    timeout_ms: int,
+    max_records: int,
+    on_undecodable: Callable[[str, int, int, int], None],
+) -> dict[TopicPartition, list[Any]]:
+    """``consumer.poll``, except that a batch that cannot be decompressed or parsed is
+    skipped, never raised: one warning (topic, partition, offset, error; never content),
+    ``on_undecodable(topic, partition, offset, next_offset)``, and the position moves to
+    the offset after the batch, read from its uncompressed header (or, when that cannot
+    be read either, one offset forward per call). Returns what could be read (nothing in
+    the call that met the bad batch; the next call goes on past it).
+    """
+    _track_batches(consumer)
+    try:
+        records: dict[TopicPartition, list[Any]] = consumer.poll(
+            timeout_ms=timeout_ms, max_records=max_records
+        )
+    except UndecodableBatch as bad:
+        resume = max(bad.offset + 1, bad.next_offset or 0)
+        log.warning(
+            "record batch could not be decoded, skipped",
+            topic=bad.tp.topic,
+            partition=bad.tp.partition,
+            offset=bad.offset,
+            next_offset=resume,
+            header_read=bad.next_offset is not None,
+            error=repr(bad.cause)[:300],
+        )
+        on_undecodable(bad.tp.topic, bad.tp.partition, bad.offset, resume)
+        if bad.tp in consumer.assignment():
+            consumer.seek(bad.tp, resume)
+        return {}
+    return records
+
+
+def skip_undecodable(
+    metrics: Metrics, states: Mapping[TopicPartition, Any]
+) -> Callable[[str, int, int, int], None]:
+    """The daemon's ``on_undecodable`` for :func:`poll_records`: counts the batch in
+    ``driftmon_messages_undecodable_total{topic, action="skip"}`` and moves the partition's
+    state (``states``: the daemon's ``PartitionState`` by partition) past it, so that the
+    next checkpoint commits past it even when no record follows. A batch that cannot be
+    read has no value to dead-letter: skipping past it is the only action."""
+
+    def skip(topic: str, partition: int, offset: int, next_offset: int) -> None:
+        metrics.messages_undecodable.labels(topic, "skip").inc()
+        state = states.get(TopicPartition(topic, partition))
+        if state is not None and (state.next_offset is None or state.next_offset < next_offset):
+            state.next_offset = next_offset
+
+    return skip
 
 
 def retriable(exc: BaseException) -> bool:

@@ -296,6 +296,9 @@ class TransitionSettings(Frozen):
     # new-version events.
     max_events: int = Field(20_000, ge=100)
     severity: dict[str, str] = {"breaking": "critical", "changed": "warning"}
+    # LLMModelTransition resolves after firing this long (a verdict is news; the changelog,
+    # the metric and /transitions keep it); a new verdict fires again.
+    alert_hours: float = Field(24.0, gt=0)
 
 
 class LoggingSettings(Frozen):

@@ -50,6 +50,8 @@ SPEC_METRICS = (
     "driftmon_embedding_sample_ratio",
     "driftmon_consumer_lag",
     "driftmon_alerts_sent_total",
+    # SPEC §7
+    "driftmon_transition_verdict",
 )
 
 

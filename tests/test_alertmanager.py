@@ -806,3 +806,26 @@ def test_an_outage_shows_at_once_and_clears_when_alertmanager_accepts(
             by_feature = {a["labels"]["feature"]: a for a in am_alerts(base)}
             description = by_feature["output_chars"]["annotations"]["description"]
             assert "typical 412 characters → 1,030 characters" in description
+
+
+@pytest.mark.integration
+@needs_alertmanager
+def test_another_kind_of_alert_lives_beside_the_drift_alerts(
+    alertmanager: str, metrics: Metrics
+) -> None:
+    """fire_alert/resolve_alert (the LLMModelTransition alert's path): own labels, a key
+    of another length that never meets a drift's, the same queue and resolve."""
+    transition = ("LLMModelTransition", "chat", "m1", "m2", "warning")
+    labels = {"alertname": "LLMModelTransition", "endpoint": "chat", "from_model": "m1"}
+    with sender(AlertmanagerSettings(urls=[alertmanager]), metrics) as alerts:
+        alerts.fire("chat", "m1", "output_chars", **{**DETECTION, "detected_at": time.time()})
+        alerts.fire_alert(transition, labels, {"summary": "m1 → m2"}, time.time())
+        wait_for(lambda: len(am_alerts(alertmanager)) == 2)
+        assert alerts.active() == {("chat", "m1", "output_chars"), transition}
+        alerts.resolve_alert(transition)
+        wait_for(
+            lambda: (
+                [a["labels"]["alertname"] for a in am_alerts(alertmanager)] == ["LLMOutputDrift"]
+            )
+        )
+        assert alerts.active() == {("chat", "m1", "output_chars")}

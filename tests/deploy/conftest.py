@@ -19,7 +19,7 @@ RULES = REPO / "config" / "prometheus" / "driftmon-rules.yaml"
 RULES_TEST = REPO / "config" / "prometheus" / "driftmon-rules.test.yaml"
 DASHBOARD = REPO / "config" / "grafana" / "driftmon.json"
 
-# SPEC.md §5: every metric driftmon exports. Dashboards may use only these.
+# SPEC.md §5 and §7: every metric driftmon promises. Dashboards may use only these.
 SPEC_METRICS = frozenset(SPEC_METRIC_NAMES)
 SPEC_HISTOGRAMS = frozenset({"driftmon_embedding_duration_seconds"})
 

@@ -182,6 +182,15 @@ def test_required_panels() -> None:
     panel_with("driftmon_embedding_sample_ratio")
 
 
+def test_model_transitions_are_a_table_of_current_verdicts() -> None:
+    table = panel_with("driftmon_transition_verdict", kind="table")
+    (target,) = table["targets"]
+    expr = target["expr"]
+    assert "by (endpoint, from_model, to_model, verdict)" in expr
+    assert expr.rstrip().endswith("== 1") and '$endpoint"' in expr
+    assert target["instant"] is True and target["format"] == "table"
+
+
 def test_detections_are_annotations() -> None:
     exprs = [a["expr"] for a in prometheus_annotations() if a["enable"]]
     assert any(
