@@ -154,6 +154,13 @@ class Metrics:
             "by topic and action (dead_letter or skip: input.undecodable).",
             ("topic", "action"),
         )
+        self.input_skipped = counter(
+            "driftmon_input_skipped",
+            "Items of input messages skipped without being an error, by reason: "
+            "not_inference (an OTLP span or log record that is no model answer), duplicate "
+            "(a response seen twice, e.g. a span and its details event).",
+            ("reason",),
+        )
         # Issue 12: version transitions (SPEC §7).
         self.transition_verdict = gauge(
             "driftmon_transition_verdict",
@@ -189,6 +196,8 @@ class Metrics:
             self.events_rejected.labels(reason)
         for status in ALERT_STATUSES:
             self.alerts_sent.labels(status)
+        for reason in ("not_inference", "duplicate"):
+            self.input_skipped.labels(reason)
         for reason in ("limit", "no_baseline"):
             self.transitions_refused.labels(reason)
 

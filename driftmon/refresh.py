@@ -120,6 +120,11 @@ class MetricsRefresh:
             for labels, drift in active.items():  # e.g. the MEWMA's "embedding": no stream
                 features.setdefault(labels, (drift.current, drift.baseline))
             resolve(state)
+            pipeline = state.pipeline
+            skipped = pipeline.skipped
+            for reason, count in (skipped - pipeline.skipped_reported).items():
+                m.input_skipped.labels(reason).inc(count)
+            pipeline.skipped_reported = Counter(skipped)
             high = highwater(tp)
             pos = state.next_offset
             if high is not None and pos is not None:

@@ -321,3 +321,35 @@ def test_random_otlp_structures_never_raise(envelope: dict[str, object]) -> None
         return
     outcomes = pipeline.process_message(message.SerializeToString(), 1)
     assert all(o.rejection is None or o.rejection.reason != "internal_error" for o in outcomes)
+
+
+def test_skipped_items_reach_the_metrics_once() -> None:
+    """A response exported twice (the same span in two messages) counts once, and the
+    skip is counted in driftmon_input_skipped_total{reason="duplicate"} by the refresh,
+    once however often it runs."""
+    from kafka import TopicPartition
+    from prometheus_client import CollectorRegistry
+
+    from driftmon.metrics import Metrics
+    from driftmon.partitions import PartitionState
+    from driftmon.refresh import MetricsRefresh
+
+    telemetry = record("span_only", calls=2)
+    settings = Settings(input={"format": "auto"})
+    pipeline = Pipeline(pipeline_config(settings))
+    message = telemetry.traces_proto()
+    first = pipeline.process_message(message, 0)
+    again = pipeline.process_message(message, 1)
+    assert [o.event is not None for o in first] == [True, True]
+    assert again == []  # both responses seen already
+    registry = CollectorRegistry()
+    refresh = MetricsRefresh(settings, Metrics(registry))
+    state = PartitionState(pipeline)
+    for _ in range(2):
+        refresh.refresh(
+            [(TopicPartition("llm", 0), state)],
+            evicted=lambda gone: None,
+            resolve=lambda s: None,
+            highwater=lambda tp: None,
+        )
+    assert registry.get_sample_value("driftmon_input_skipped_total", {"reason": "duplicate"}) == 2

@@ -89,6 +89,9 @@ class Pipeline:
         self.max_bytes = config.max_message_bytes
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
+        # Items of a message skipped without being an error (OTLP spans that are not model
+        # answers, a response seen twice), as already counted by the metrics refresh.
+        self.skipped_reported: Counter[str] = Counter()
         self.embedding_errors: Counter[str] = Counter()
 
     def _feature_count(self, endpoint: str) -> int:
@@ -103,6 +106,12 @@ class Pipeline:
         if self._only is not None:
             names = tuple(n for n in names if n in self._only)
         return names
+
+    @property
+    def skipped(self) -> Counter[str]:
+        """What the decoder skipped, by reason (``not_inference``, ``duplicate``)."""
+        skipped = getattr(self._decode, "skipped", None)
+        return skipped if isinstance(skipped, Counter) else Counter()
 
     @property
     def transitions(self) -> TransitionTracker | None:
