@@ -71,6 +71,7 @@ def transition_config(settings: Settings) -> TransitionConfig:
     return TransitionConfig(
         enabled=t.enabled,
         alpha=t.alpha,
+        input_alpha=t.input_alpha,
         equivalence_sd=t.equivalence.sd,
         equivalence_points=t.equivalence.rate_points,
         min_events=t.min_events,

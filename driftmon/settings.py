@@ -281,6 +281,9 @@ class TransitionSettings(Frozen):
 
     enabled: bool = True
     alpha: float = Field(0.01, gt=0, lt=0.5)
+    # Level of the prompt-mix check (inputs of the two versions compared): a false alarm
+    # only withholds a verdict (confounded), so it is lax to catch a mix change early.
+    input_alpha: float = Field(0.2, gt=0, lt=1)
     equivalence: EquivalenceSettings = EquivalenceSettings()
     min_events: int = Field(30, ge=10)
     # Attributes that decide routing (canary segment, region, ...): pairs are formed

@@ -130,7 +130,9 @@ class TransitionConfig:
     # within these bounds (verdicts come at most ~12 % late, and updates stay rare).
     check_min: int = 32
     check_max: int = 256
-    input_alpha: float = 0.05
+    # The prompt-mix check errs towards caution: its false alarms only withhold a verdict,
+    # its misses let a mix change pass as a model change (docs/transitions.md).
+    input_alpha: float = 0.2
     recent_events: float = 500.0  # memory of "recent traffic" for the dominant version
 
 
