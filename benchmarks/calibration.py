@@ -128,22 +128,30 @@ def adwin_rates(
     return {"adwin_binary_rates": rows}
 
 
+def _thresholds(s: int, n: int, target: float) -> None:
+    """The thresholds a 0/1 stream derives at a reference merge (detectors._merge_block)."""
+    calibration.ph_threshold_binary(s, n, 0.25, target, adwin_share=True, rare_share=True)
+    calibration.rare_threshold_binary(s, n, target, adwin_share=True)
+
+
 def timing(budgets: list[float], n_refs: list[int]) -> dict[str, object]:
-    """Cost of the 0/1 Page-Hinkley thresholds: every point of the success grid, cold."""
+    """Cost of the 0/1 Page-Hinkley thresholds (with the rare-rate CUSUM's on rare rates):
+    every point of the success grid, cold."""
     out = []
     for budget in budgets:
         # A key with 17 features and both detectors: each detector's target is 34 budgets.
         target = budget * 17 * 2
         for n in n_refs:
             calibration._ph_threshold_binary_exact.cache_clear()
+            calibration._rare_threshold_exact.cache_clear()
             times = []
             for s in calibration._success_grid(n // 2):
                 t0 = time.perf_counter()
-                calibration.ph_threshold_binary(s, n, 0.25, target, adwin_share=True)
+                _thresholds(s, n, target)
                 times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for _ in range(1000):
-                calibration.ph_threshold_binary(7, n, 0.25, target, adwin_share=True)
+                _thresholds(7, n, target)
             cached = (time.perf_counter() - t0) / 1000
             row = {
                 "budget_events_per_false_alarm": budget,

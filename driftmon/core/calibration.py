@@ -240,7 +240,13 @@ def _beta_posterior_nodes(a: float, b: float, n: int = 64) -> tuple[FloatArray, 
 
 
 def ph_threshold_binary(
-    successes: int, n_ref: int, k: float, target_arl: float, *, adwin_share: bool = False
+    successes: int,
+    n_ref: int,
+    k: float,
+    target_arl: float,
+    *,
+    adwin_share: bool = False,
+    rare_share: bool = False,
 ) -> float:
     """Two-sided CUSUM threshold for a 0/1 feature standardised by its estimated rate.
 
@@ -249,19 +255,87 @@ def ph_threshold_binary(
     lengths are exact for the two-valued increments (:func:`two_point_cycle`). With
     ``adwin_share`` the stream's ADWIN runs with ``target_arl`` too, and the part of its
     share that it leaves unused at this rate (:func:`adwin_binary_rate_ratio`) goes to
-    Page-Hinkley. The problem is symmetric in s ↔ n − s, and the threshold varies
+    Page-Hinkley. With ``rare_share``, when the rate is rare (:func:`is_rare`) the
+    likelihood-ratio CUSUM of :func:`rare_threshold_binary` takes ``RARE_SHARE`` of
+    Page-Hinkley's budget. The problem is symmetric in s ↔ n − s, and the threshold varies
     smoothly with s, so it is solved exactly on a geometric grid of s (cached) and
     interpolated in between: thousands of keys then share a few dozen solutions.
     """
+    share = 1.0 - RARE_SHARE if rare_share and is_rare(successes, n_ref) else 1.0
+    return _on_success_grid(
+        lambda s: _ph_threshold_binary_exact(s, n_ref, k, target_arl, adwin_share, share),
+        successes,
+        n_ref,
+    )
+
+
+def _on_success_grid(exact: Callable[[int], float], successes: int, n_ref: int) -> float:
+    """``exact`` at min(s, n − s), interpolated between the points of the success grid."""
     s = min(successes, n_ref - successes)
     grid = _success_grid(n_ref // 2)
     i = bisect_left(grid, s)
     if grid[i] == s:
-        return _ph_threshold_binary_exact(s, n_ref, k, target_arl, adwin_share)
+        return exact(s)
     lo, hi = grid[i - 1], grid[i]
-    h_lo = _ph_threshold_binary_exact(lo, n_ref, k, target_arl, adwin_share)
-    h_hi = _ph_threshold_binary_exact(hi, n_ref, k, target_arl, adwin_share)
+    h_lo, h_hi = exact(lo), exact(hi)
     return h_lo + (s - lo) / (hi - lo) * (h_hi - h_lo)
+
+
+# -- rare 0/1 rates: a likelihood-ratio CUSUM against an upper bound of the rate ----------
+#
+# Standardised by a rate estimated near 0, one occurrence is a jump of ~1/sd (35σ at 0 in
+# 600) while k is a quarter σ: the budget, averaged over rates the posterior still allows
+# (1 % after 0 in 600), then needs dozens of jumps. Page's CUSUM of the Bernoulli
+# log-likelihood ratio of RARE_ALTERNATIVE against an upper bound of the reference rate
+# instead adds log(p₁/p₀) per occurrence (4.8–6.2 at 0 in 600–2 400) and removes
+# log((1 − p₀)/(1 − p₁)) ≈ 0.22 per other value: a new behaviour is caught in a few
+# occurrences, at the same false-alarm budget (its threshold comes from the same exact
+# run lengths, averaged over the same posterior).
+RARE_RATE_MAX = 0.02
+"""A 0/1 stream is *rare* when the upper bound of its minority rate is at most this."""
+RARE_ALTERNATIVE = 0.2
+"""The rate the likelihood-ratio CUSUM is tuned to: a new behaviour in one answer of five.
+It detects any rate well above the bound, more slowly the closer it is to the bound (0.1
+would catch 0 → 5 % about three times faster, 0 → 35 % one occurrence later)."""
+RARE_SHARE = 0.5
+"""The part of a rare stream's Page-Hinkley budget its likelihood-ratio CUSUM gets."""
+
+
+def rare_rate_bound(successes: int, n_ref: int) -> float:
+    """Upper bound of the minority value's rate: (s + 1)/(n + 1), not the estimate s/n.
+
+    At 0 in 600 it is 0.0017 (the Jeffreys posterior puts 84 % of its mass below it); a
+    rate known to be small, not a rate known to be 0.
+    """
+    return (min(successes, n_ref - successes) + 1.0) / (n_ref + 1.0)
+
+
+def is_rare(successes: int, n_ref: int) -> bool:
+    """Whether a 0/1 reference gets the likelihood-ratio CUSUM (bound ≤ RARE_RATE_MAX)."""
+    return rare_rate_bound(successes, n_ref) <= RARE_RATE_MAX
+
+
+def rare_steps(successes: int, n_ref: int) -> tuple[float, float]:
+    """(rise per minority value, fall per other value) of the likelihood-ratio CUSUM."""
+    p0, p1 = rare_rate_bound(successes, n_ref), RARE_ALTERNATIVE
+    return math.log(p1 / p0), math.log((1.0 - p0) / (1.0 - p1))
+
+
+def rare_threshold_binary(
+    successes: int, n_ref: int, target_arl: float, *, adwin_share: bool = False
+) -> float:
+    """Threshold of the one-sided likelihood-ratio CUSUM on the minority value of a rare
+    0/1 feature (:func:`rare_steps`), with ``RARE_SHARE`` of Page-Hinkley's budget
+    (``adwin_share`` as for :func:`ph_threshold_binary`); infinite when not rare.
+
+    Exact run lengths of the two-valued walk, the rate averaged over the Beta posterior
+    of the true rate, as for :func:`ph_threshold_binary` (solved on the same grid of s).
+    """
+    if not is_rare(successes, n_ref):
+        return math.inf
+    return _on_success_grid(
+        lambda s: _rare_threshold_exact(s, n_ref, target_arl, adwin_share), successes, n_ref
+    )
 
 
 @lru_cache(maxsize=64)
@@ -468,9 +542,15 @@ EXACT_STEPS = 6
 
 
 class _BinaryRates:
-    """False-alarm rate of both CUSUM sides of one reference, averaged over the posterior."""
+    """False-alarm rate of both CUSUM sides of one reference, averaged over the posterior.
 
-    def __init__(self, successes: int, n_ref: int, k: float, tol: float) -> None:
+    With ``likelihood_ratio`` the one side of the likelihood-ratio CUSUM on the minority
+    value instead (:func:`rare_steps`; ``successes`` ≤ n_ref / 2, ``k`` unused).
+    """
+
+    def __init__(
+        self, successes: int, n_ref: int, k: float, tol: float, *, likelihood_ratio: bool = False
+    ) -> None:
         p_ref = (successes + 0.5) / (n_ref + 1.0)
         sd_ref = math.sqrt(p_ref * (1.0 - p_ref))
         hi_z = (1.0 - p_ref) / sd_ref
@@ -486,7 +566,11 @@ class _BinaryRates:
         self.sides = []
         # Upper side: a 1 adds hi_z − k, a 0 adds lo_z − k. Lower side (the negated values):
         # a 0 adds −lo_z − k, which is only positive (able to alarm) for p̃ > k²/(1 + k²).
-        for up, down, p_up in ((hi_z - k, k - lo_z, p), (-lo_z - k, hi_z + k, 1.0 - p)):
+        walks: tuple[tuple[float, float, FloatArray], ...]
+        walks = ((hi_z - k, k - lo_z, p), (-lo_z - k, hi_z + k, 1.0 - p))
+        if likelihood_ratio:
+            walks = ((*rare_steps(successes, n_ref), p),)
+        for up, down, p_up in walks:
             if up > 0.0:
                 mean = p_up * up - (1.0 - p_up) * down
                 var = p_up * (1.0 - p_up) * (up + down) ** 2
@@ -544,19 +628,42 @@ class _BinaryRates:
 
 @lru_cache(maxsize=8192)
 def _ph_threshold_binary_exact(
-    successes: int, n_ref: int, k: float, target_arl: float, adwin_share: bool = False
+    successes: int,
+    n_ref: int,
+    k: float,
+    target_arl: float,
+    adwin_share: bool = False,
+    share: float = 1.0,
 ) -> float:
-    """Smallest h whose exact posterior-averaged rate is at most the target.
+    """Smallest h whose exact posterior-averaged rate is at most ``share`` of the budget.
 
     The rate falls in steps as h passes the points the walk can reach, so it is bracketed
     from a fitted guess and bisected to 0.2 % of h.
     """
-    target = 1.0 / target_arl
-    rates = _BinaryRates(successes, n_ref, k, 1e-3 * target)
+    rates = _BinaryRates(successes, n_ref, k, 1e-3 * share / target_arl)
+    return _solve_binary(rates, target_arl, adwin_share, share)
+
+
+@lru_cache(maxsize=8192)
+def _rare_threshold_exact(
+    successes: int, n_ref: int, target_arl: float, adwin_share: bool = False
+) -> float:
+    """:func:`_ph_threshold_binary_exact` for the likelihood-ratio CUSUM."""
+    rates = _BinaryRates(
+        successes, n_ref, 0.0, 1e-3 * RARE_SHARE / target_arl, likelihood_ratio=True
+    )
+    return _solve_binary(rates, target_arl, adwin_share, RARE_SHARE)
+
+
+def _solve_binary(rates: _BinaryRates, target_arl: float, adwin_share: bool, share: float) -> float:
+    """The threshold meeting ``share`` of Page-Hinkley's budget: 1/target_arl, plus with
+    ``adwin_share`` the part of ADWIN's that it leaves unused at this rate."""
+    budget = 1.0 / target_arl
     if adwin_share:
-        share = float(rates.w_post @ adwin_binary_rate_ratio(rates.p_true))
-        target += (1.0 - share) / target_arl
-        rates.tol = 1e-3 * target
+        spent = float(rates.w_post @ adwin_binary_rate_ratio(rates.p_true))
+        budget += (1.0 - spent) / target_arl
+    target = share * budget
+    rates.tol = 1e-3 * target
     return _bracket_and_bisect(rates.rate, rates.guess(target), target)
 
 

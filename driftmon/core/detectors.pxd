@@ -34,6 +34,13 @@ cdef class FeatureStream:
     cdef public double _ph_max
     cdef public long long _ph_argmin
     cdef public long long _ph_argmax
+    cdef public bint _rb_on
+    cdef public double _rb_minority
+    cdef public double _rb_up
+    cdef public double _rb_down
+    cdef public double _rb_threshold
+    cdef public double _rb_s
+    cdef public long long _rb_zero_at
     cdef public object _adwin
     cdef object _adwin_helper
     cdef public long long ref_n
@@ -49,10 +56,12 @@ cdef class FeatureStream:
     cdef public double _ref_sumsq
 
     @cython.locals(cur=cython.double, z=cython.double, a_in=cython.double,
-                   inc=cython.double, dec=cython.double)
+                   inc=cython.double, dec=cython.double, r=cython.double)
     cpdef object update(self, double x)
 
     cpdef double _ph_statistic(self)
+
+    cpdef double _rare_statistic(self)
 
     cpdef long long _cusum_onset(self)
 

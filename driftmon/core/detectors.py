@@ -7,7 +7,10 @@ reference keeps improving while the stream is quiet: values are collected in a b
 that is merged into the reference only when the block is as large as the reference
 (doubling), so a shift is never averaged into the reference it is being compared with
 before it has had a whole block's worth of events to be detected. After a detection the
-reference is learned again from post-change data.
+reference is learned again from post-change data. On a 0/1 feature whose reference rate is
+rare (or whose complement is), Page-Hinkley also runs a one-sided CUSUM of the Bernoulli
+likelihood ratio against an upper bound of that rate (:func:`calibration.rare_steps`), with
+part of its budget: a behaviour absent from the reference is caught in a few occurrences.
 
 This module is the per-event hot path. It is plain Python and also compiled by Cython
 when the package is built (``detectors.pxd`` gives the types; ``setup.py`` builds it,
@@ -33,6 +36,8 @@ from driftmon.core.calibration import (
     adwin_delta,
     ph_threshold_binary,
     ph_threshold_continuous,
+    rare_steps,
+    rare_threshold_binary,
     shape_table,
 )
 from driftmon.core.registry import FEATURES, FeatureKind, check_feature
@@ -195,16 +200,27 @@ STATE_FIELDS: Final = (
     "_ref_sumsq",
     "_ph_argmin",
     "_ph_argmax",
+    "_rb_on",
+    "_rb_minority",
+    "_rb_up",
+    "_rb_down",
+    "_rb_threshold",
+    "_rb_s",
+    "_rb_zero_at",
 )
 """A :class:`FeatureStream`'s state, in its pickled order: the one list of its fields.
 
 ``__slots__`` adds the three derived from them on restore and ``__reduce__`` reads them by
 name; ``detectors.pxd`` types them and ``_set_state`` unpacks them (for speed), both checked
 against this list by tests/core/test_detectors.py. Appending a field needs a restore rule for
-older snapshots (as for ``_ph_argmin``/``_ph_argmax``); reordering or removing one needs a
-new ``SNAPSHOT_VERSION``."""
+older snapshots (as for ``_ph_argmin``/``_ph_argmax`` and the ``_rb_*`` fields); reordering
+or removing one needs a new ``SNAPSHOT_VERSION``."""
 
 _FIELDS_BEFORE_ONSET: Final = STATE_FIELDS.index("_ph_argmin")  # older snapshots: 29 fields
+_FIELDS_BEFORE_RARE: Final = STATE_FIELDS.index("_rb_on")  # then 31 fields
+# A stream restored from a snapshot taken before the rare-rate CUSUM runs without it until
+# its next reference merge.
+_RARE_OFF: Final = (False, 1.0, 0.0, 0.0, math.inf, 0.0, 0)
 _get_state: Final = attrgetter(*STATE_FIELDS)  # the fields as one tuple, read in C
 
 
@@ -240,6 +256,10 @@ class FeatureStream:
         self._ph_on = False
         self._ph_k = self._config.k
         self._ph_threshold = math.inf
+        self._rb_on = False
+        self._rb_minority = 1.0
+        self._rb_up = self._rb_down = 0.0
+        self._rb_threshold = math.inf
         self._ph_reset()
         self._adwin: ADWIN | None = None
         self._adwin_helper: object = None
@@ -259,6 +279,8 @@ class FeatureStream:
         self._ph_min = math.inf
         self._ph_max = -1.0
         self._ph_argmin = self._ph_argmax = 0  # _ph_n when the extremes were reached
+        self._rb_s = 0.0
+        self._rb_zero_at = 0  # _ph_n when the rare-rate CUSUM was last at 0
 
     @property
     def learning(self) -> bool:
@@ -323,19 +345,29 @@ class FeatureStream:
         self._ref_sumsq += self._blk_sumsq
         n = self.ref_n
         self._mean = mean = self._ref_sum / n
+        rare_threshold = math.inf
         if self._binary:
             p = (self._ref_sum + 0.5) / (n + 1.0)
             sd = math.sqrt(p * (1.0 - p))
             self._z1, self._z0 = (1.0 - p) / sd, -p / sd
+            ones = round(self._ref_sum)
             # ADWIN fires far less often on rare rates than its share of the budget
-            # allows; Page-Hinkley gets the unused part (calibration.adwin_binary_rate_ratio).
+            # allows; Page-Hinkley gets the unused part (calibration.adwin_binary_rate_ratio),
+            # shared on a rare rate with its likelihood-ratio CUSUM.
             threshold = ph_threshold_binary(
-                round(self._ref_sum),
+                ones,
                 n,
                 self._config.k,
                 self.target_arl,
                 adwin_share=self._config.adwin,
+                rare_share=True,
             )
+            rare_threshold = rare_threshold_binary(
+                ones, n, self.target_arl, adwin_share=self._config.adwin
+            )
+            if rare_threshold < math.inf:
+                self._rb_up, self._rb_down = rare_steps(ones, n)
+                self._rb_minority = 1.0 if 2 * ones <= n else 0.0
         else:
             var = max((self._ref_sumsq - n * mean * mean) / max(n - 1, 1), 0.0)
             sd = math.sqrt(var) if var > 1e-18 else max(1e-9, 1e-3 * abs(mean))
@@ -348,6 +380,8 @@ class FeatureStream:
             # A new test on the new reference (as a new river PageHinkley would be).
             self._ph_on = True
             self._ph_threshold = threshold
+            self._rb_on = rare_threshold < math.inf
+            self._rb_threshold = rare_threshold
             self._ph_reset()
 
     # -- per event ------------------------------------------------------------------
@@ -410,6 +444,20 @@ class FeatureStream:
                     self._ph_threshold,
                     self._ph_n - self._ph_argmax,
                 )
+            if self._rb_on:
+                # The rare-rate CUSUM (calibration.rare_steps): one-sided, on the minority value.
+                r = self._rb_s + (self._rb_up if a_in == self._rb_minority else -self._rb_down)
+                if r <= 0.0:
+                    r = 0.0
+                    self._rb_zero_at = self._ph_n
+                self._rb_s = r
+                if r > self._rb_threshold:
+                    return self._alarm(
+                        "page_hinkley",
+                        self._ph_statistic(),
+                        self._ph_threshold,
+                        self._ph_n - self._rb_zero_at,
+                    )
         helper = self._adwin_helper
         if helper is not None and helper.update(a_in):  # type: ignore[attr-defined]
             assert self._adwin is not None
@@ -425,15 +473,27 @@ class FeatureStream:
         values.)"""
         if not self._ph_n:
             return -1
-        if self._ph_inc - self._ph_min >= self._ph_max - self._ph_dec:
+        up, down = self._ph_inc - self._ph_min, self._ph_max - self._ph_dec
+        if self._rb_on and self._rare_statistic() > max(up, down):
+            return int(self._ph_n - self._rb_zero_at)
+        if up >= down:
             return int(self._ph_n - self._ph_argmin)
         return int(self._ph_n - self._ph_argmax)
 
+    def _rare_statistic(self) -> float:
+        """The rare-rate CUSUM on Page-Hinkley's scale: the same fraction of its threshold."""
+        return float(self._rb_s / self._rb_threshold * self._ph_threshold)
+
     def _ph_statistic(self) -> float:
-        """The larger of the upward and downward Page-Hinkley (CUSUM) values."""
+        """The larger of the upward and downward Page-Hinkley (CUSUM) values and, on a rare
+        0/1 rate, of its likelihood-ratio CUSUM rescaled to the same threshold: one
+        statistic that crosses the one threshold when the detector fires."""
         if not self._ph_n:
             return 0.0
-        return float(max(self._ph_inc - self._ph_min, self._ph_max - self._ph_dec, 0.0))
+        stat = max(self._ph_inc - self._ph_min, self._ph_max - self._ph_dec, 0.0)
+        if self._rb_on:
+            stat = max(stat, self._rare_statistic())
+        return float(stat)
 
     @property
     def events_since_detection(self) -> int:
@@ -459,6 +519,8 @@ class FeatureStream:
             # Pickled before the onset estimate: no extremes known, so the estimate
             # counts from the start of the current test.
             state = (*state, 0, 0)
+        if len(state) == _FIELDS_BEFORE_RARE:
+            state = (*state, *_RARE_OFF)
         # STATE_FIELDS in order, unpacked into the typed fields (a test checks the order): a
         # setattr loop over STATE_FIELDS restores a third slower in the compiled build.
         (
@@ -493,6 +555,13 @@ class FeatureStream:
             self._ref_sumsq,
             self._ph_argmin,
             self._ph_argmax,
+            self._rb_on,
+            self._rb_minority,
+            self._rb_up,
+            self._rb_down,
+            self._rb_threshold,
+            self._rb_s,
+            self._rb_zero_at,
         ) = state
         self._warmup = self._config.warmup
         self._binary = self.kind == "binary"

@@ -5,6 +5,7 @@ Time is passed in by the caller; the core never reads the wall clock.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 from collections import OrderedDict
@@ -52,9 +53,16 @@ class Detection:
     # outputs for embedding_distance); None where the detector gives no estimate (MEWMA).
     events_since_onset: int | None = None
 
+    @property
+    def detection_id(self) -> str:
+        """Stable across restarts, replays and hand-offs: the same key, feature, detector
+        and key event count give the same id (sinks emit an id once)."""
+        return detection_id(self.endpoint, self.model, self.feature, self.detector, self.key_events)
+
     def report(self) -> dict[str, Any]:
-        """The replay report's detection object (SPEC §3)."""
+        """The replay report's detection object (SPEC §3, §7)."""
         return {
+            "detection_id": self.detection_id,
             "event_index": self.event_index,
             "endpoint": self.endpoint,
             "model": self.model,
@@ -73,6 +81,12 @@ class Detection:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def detection_id(endpoint: str, model: str, feature: str, detector: str, key_events: int) -> str:
+    """16 hex digits of the SHA-1 of the fields, NUL-separated (no field holds a NUL)."""
+    raw = "\0".join((endpoint, model, feature, detector, str(key_events)))
+    return hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass(slots=True)

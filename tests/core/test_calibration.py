@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from driftmon.core.calibration import (
+    RARE_SHARE,
     _BinaryRates,
     _siegmund_arl,
     _siegmund_offset,
@@ -13,8 +14,12 @@ from driftmon.core.calibration import (
     adwin_delta,
     cgf_root,
     cusum_rate,
+    is_rare,
     ph_threshold_binary,
     ph_threshold_continuous,
+    rare_rate_bound,
+    rare_steps,
+    rare_threshold_binary,
     shape_table,
     two_point_cycle,
     two_point_root,
@@ -225,3 +230,67 @@ def test_adwin_binary_fraction_is_symmetric_monotone_and_at_most_one():
     assert np.all(np.diff(f) > 0) and f[-1] == pytest.approx(1.0)
     assert adwin_binary_rate_ratio(1 - p) == pytest.approx(f)
     assert f[0] == pytest.approx(f[1] / 10)  # proportional below the measured rates
+
+
+# -- rare 0/1 rates: the likelihood-ratio CUSUM -------------------------------------------
+
+
+def test_a_rate_estimated_at_zero_is_bounded_above_zero():
+    assert rare_rate_bound(0, 600) == pytest.approx(1 / 601)
+    assert rare_rate_bound(600, 600) == rare_rate_bound(0, 600)  # the minority value
+    assert is_rare(0, 300) and is_rare(11, 600) and not is_rare(12, 600)
+    assert not is_rare(150, 300)
+    assert math.isinf(rare_threshold_binary(150, 300, 2e4))
+    up, down = rare_steps(0, 600)
+    assert up == pytest.approx(math.log(0.2 * 601)) and 0.2 < down < 0.23
+
+
+def _rare_posterior_rate(successes, n_ref, h, target):
+    rates = _BinaryRates(successes, n_ref, 0.0, 1e-6 * target, likelihood_ratio=True)
+    return float(rates.weights @ rates._exact(0, h))
+
+
+@pytest.mark.parametrize(("successes", "n_ref"), [(0, 300), (0, 600), (3, 600), (0, 2400)])
+def test_rare_threshold_is_the_smallest_meeting_its_share(successes, n_ref):
+    target_arl = 3.4e7
+    share = RARE_SHARE / target_arl
+    h = rare_threshold_binary(successes, n_ref, target_arl)
+    assert _rare_posterior_rate(successes, n_ref, h, share) <= share
+    assert _rare_posterior_rate(successes, n_ref, 0.995 * h, share) > share
+
+
+def test_exact_arl_of_the_likelihood_ratio_cusum_matches_simulation():
+    # The walk a rare stream's likelihood-ratio CUSUM runs when the true rate is four times
+    # the bound (a reference that under-stated it), at a threshold low enough to simulate.
+    up, down = rare_steps(0, 600)
+    p_true, h = 4 / 601, 1.5 * up
+    alarm, length = two_point_cycle(up, down, np.array([p_true]), h, tol=1e-16)
+    exact = length[0] / alarm[0]
+    simulated, se = _simulated_arl(up, down, p_true, h, walks=4000, seed=7)
+    assert 100 < exact < 3000
+    assert abs(simulated - exact) < 4 * se
+
+
+def test_a_rare_rate_shares_page_hinkleys_budget_with_its_likelihood_ratio_cusum():
+    # Page-Hinkley's two-sided threshold moves to the remaining share; a rate that is not
+    # rare keeps its whole budget.
+    alone = ph_threshold_binary(0, 600, 0.25, 2e4)
+    shared = ph_threshold_binary(0, 600, 0.25, 2e4, rare_share=True)
+    half = ph_threshold_binary(0, 600, 0.25, 2e4 / (1 - RARE_SHARE))
+    assert shared > alone and shared == pytest.approx(half, rel=0.01)
+    common = ph_threshold_binary(60, 600, 0.25, 2e4)
+    assert ph_threshold_binary(60, 600, 0.25, 2e4, rare_share=True) == common
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("p", [0.002, 0.0])
+def test_rare_null_streams_meet_the_budget_within_a_factor_of_two(p):
+    # Both Page-Hinkley's CUSUMs and ADWIN, the reference from each key's warm-up; at p = 0
+    # nothing may fire at all (the bound is above the true rate).
+    sampler = (lambda r: 1.0 if r.random() < p else 0.0) if p else (lambda r: 0.0)
+    measured, alarms = _null_rate("truncated", sampler, budget=20_000, keys=10, events=100_000)
+    if p:
+        assert alarms > 20
+        assert 20_000 / 2 <= measured <= 20_000 * 2
+    else:
+        assert alarms == 0

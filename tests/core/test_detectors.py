@@ -178,6 +178,90 @@ def test_rare_rate_rise_is_detected():
     assert hits and 3000 <= hits[0] < 3400
 
 
+# --- rare 0/1 rates: the likelihood-ratio CUSUM ------------------------------------------
+
+# The default budget (10⁶ events per false alarm per key) over a key's 17 features and
+# both detectors: each detector's target.
+DEFAULT_TARGET = 1e6 * 17 * 2
+
+
+def _new_behaviour(seed, before, rate=0.35, absent=0.0, target=DEFAULT_TARGET):
+    """``before`` values of ``absent``, then ``rate`` of the other value: (values fed after
+    the change, occurrences among them, the alarm) at the first alarm."""
+    s = FeatureStream("code_fence", "binary", target, DetectorConfig())
+    assert all(s.update(absent) is None for _ in range(before))
+    rng = random.Random(seed)
+    occurrences = 0
+    for i in range(1, 5001):
+        new = rng.random() < rate
+        occurrences += new
+        alarm = s.update(1.0 - absent if new else absent)
+        if alarm is not None:
+            return i, occurrences, alarm
+    raise AssertionError("no alarm")
+
+
+def test_a_behaviour_absent_from_the_reference_is_detected_within_four_occurrences():
+    # 0 code fences in a 600-event reference, then 35 % of answers fenced (issue 16). Before
+    # the likelihood-ratio CUSUM: a median 18 occurrences and 52 events (ADWIN or the
+    # standardised CUSUM, whose budget covers rates up to ~1 % that 0 in 600 allows).
+    assert _new_behaviour(seed=0, before=600)[:2] == (16, 4)
+    runs = [_new_behaviour(seed, before=600) for seed in range(40)]
+    counts = sorted(n for _, n, _ in runs)
+    assert counts[len(counts) // 2] <= 4 and counts[-1] <= 5
+    assert all(alarm.detector == "page_hinkley" for _, _, alarm in runs)
+    # With the reference at 2 400 events (a 3 000-event quiet start), within 3.
+    assert max(n for _, n, _ in (_new_behaviour(seed, before=3000) for seed in range(20))) <= 3
+
+
+def test_the_rare_value_can_be_a_zero():
+    # A feature that was always 1 (answers always end with a full stop) starts missing it.
+    runs = [_new_behaviour(seed, before=600, absent=1.0) for seed in range(20)]
+    assert max(n for _, n, _ in runs) <= 5
+
+
+def test_a_rare_rate_alarm_carries_its_statistic_and_onset_on_the_page_hinkley_scale():
+    s = FeatureStream("code_fence", "binary", DEFAULT_TARGET, DetectorConfig())
+    for _ in range(600):
+        s.update(0.0)
+    stat, threshold = s.statistics()["page_hinkley"]
+    assert stat == 0.0 and threshold < math.inf
+    values = [0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
+    alarms = []
+    for x in values:
+        alarms.append(s.update(x))
+        if alarms[-1] is not None:
+            break
+        assert 0.0 <= s.statistic <= s.threshold
+    alarm = alarms[-1]
+    assert alarm is not None and len(alarms) == 8  # at the fourth 1
+    assert alarm.statistic > alarm.threshold == threshold
+    assert alarm.since_onset == 7  # from the first 1 on: where the walk left 0
+
+
+def test_a_rate_that_is_not_rare_gets_no_likelihood_ratio_cusum():
+    s = _stream(kind="binary", warmup=300)
+    for i in range(300):
+        s.update(1.0 if i % 10 == 0 else 0.0)  # 10 %
+    assert not s._rb_on and s._rb_threshold == math.inf
+    rare = _stream(kind="binary", warmup=300)
+    for _ in range(300):
+        rare.update(0.0)
+    assert rare._rb_on and rare._rb_threshold < math.inf
+
+
+def test_a_stream_pickled_before_the_rare_rate_cusum_restores_without_it():
+    s = FeatureStream("code_fence", "binary", DEFAULT_TARGET, DetectorConfig())
+    for _ in range(400):
+        s.update(0.0)
+    restore, state = s.__reduce__()
+    old = restore(*state[:31])  # the 31 fields a snapshot held before
+    assert not old._rb_on
+    for _ in range(200):  # to the next merge, at 600
+        assert old.update(0.0) is None and s.update(0.0) is None
+    assert old._rb_on and old._rb_threshold == s._rb_threshold
+
+
 def _first_alarm(stream, values):
     for i, x in enumerate(values):
         alarm = stream.update(x)
@@ -229,7 +313,7 @@ def test_a_stream_pickled_before_the_onset_estimate_restores():
     for _ in range(500):
         s.update(rng.gauss(0.0, 1.0))
     restore, state = s.__reduce__()
-    old = restore(*state[:-2])  # the 29 fields a snapshot held before
+    old = restore(*state[:29])  # the 29 fields a snapshot held before
     assert old.statistics() == s.statistics()
     index, alarm = _first_alarm(old, [rng.gauss(3.0, 1.0) for _ in range(200)])
     assert index < 20 and 1 <= alarm.since_onset <= 500 + index + 1
@@ -251,7 +335,7 @@ def test_the_pxd_types_exactly_the_declared_fields_and_exposes_the_state() -> No
     fields = _pxd_fields()
     assert set(fields) == set(FeatureStream.__slots__)
     assert set(STATE_FIELDS) <= set(FeatureStream.__slots__)
-    assert len(STATE_FIELDS) == len(set(STATE_FIELDS)) == 31
+    assert len(STATE_FIELDS) == len(set(STATE_FIELDS)) == 38
     assert [f for f in STATE_FIELDS if not fields[f][0]] == []  # pickling reads them by name
 
 
