@@ -7,10 +7,11 @@ skip them. The daemon saves the checkpoint first and only then commits the offse
 a crash between the two loses nothing: the checkpoint's offset, not Kafka's, says where to resume.
 
 ``CheckpointStore`` is deliberately small (load, save, delete by topic/partition) and a record's
-bytes come from :func:`encode`/:func:`decode`, so a compacted Kafka topic store can be added
-later for multi-replica handoff: key = ``topic/partition``, value = the same bytes, delete = a
-tombstone. ``DirectoryCheckpointStore`` keeps one file per partition; its directory must belong
-to one process (stale temp files are removed on start-up) and be private (the state is a pickle).
+bytes come from :func:`encode`/:func:`decode`. ``DirectoryCheckpointStore`` keeps one file per
+partition; its directory must belong to one process (stale temp files are removed on start-up)
+and be private (the state is a pickle). ``KafkaCheckpointStore`` (``state.backend: kafka``)
+keeps them in a compacted topic so that any replica of the group can take a partition over:
+key ``group/topic/partition``, value the same bytes (chunked when large), delete a tombstone.
 
 >>> import tempfile
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -30,12 +31,14 @@ import json
 import os
 import struct
 import tempfile
+import time
 import urllib.parse
+import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 
@@ -50,6 +53,8 @@ __all__ = [
     "CheckpointStore",
     "CorruptCheckpointError",
     "DirectoryCheckpointStore",
+    "KafkaCheckpointStore",
+    "StateTopicError",
     "decode",
     "encode",
 ]
@@ -298,3 +303,294 @@ def _in_display_units(drift: ActiveDrift) -> ActiveDrift:
         baseline=units.to_display(drift.feature, drift.baseline),
         current=units.to_display(drift.feature, drift.current),
     )
+
+
+class StateTopicError(ValueError):
+    """The state topic cannot hold checkpoints (not compacted): a configuration error."""
+
+
+# Chunk headers: every record of a snapshot carries its id, its index and the chunk count.
+SNAPSHOT_ID_HEADER: Final = "driftmon-snapshot-id"
+CHUNK_INDEX_HEADER: Final = "driftmon-chunk-index"
+CHUNK_COUNT_HEADER: Final = "driftmon-chunk-count"
+STATE_PRODUCE_TIMEOUT: Final = 30.0
+_STATE_END_POLL_MS: Final = 300
+
+
+def state_key(group: str, topic: str, partition: int, index: int = 0) -> bytes:
+    """``group/topic/partition``; chunk ``i > 0`` appends ``#i``: each chunk has its own key,
+    or compaction would keep only a snapshot's last chunk. Kafka topic names hold no '/'
+    or '#', so the key parses from the right whatever the group's name."""
+    base = f"{group}/{topic}/{partition}"
+    return (base if index == 0 else f"{base}#{index}").encode()
+
+
+def split_state_key(key: bytes) -> tuple[str, int] | None:
+    """``(base key, chunk index)``, or None for a key driftmon did not write."""
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    base, sep, index = text.rpartition("#")
+    if not sep:
+        return text, 0
+    return (base, int(index)) if index.isdigit() and int(index) > 0 else None
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    """``data`` in pieces of at most ``size`` bytes (at least one piece)."""
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+class SnapshotAssembler:
+    """Reads state-topic records in offset order and keeps, per wanted key, the newest
+    complete snapshot: its chunks share one id and are all there. A tombstone removes the
+    key; a newer snapshot only half-written (a crash mid-save) leaves the older one.
+
+    >>> a = SnapshotAssembler({"g/t/0"})
+    >>> for i, piece in enumerate([b"ab", b"c"]):
+    ...     a.add(state_key("g", "t", 0, i), piece, {"driftmon-snapshot-id": b"s1",
+    ...           "driftmon-chunk-index": str(i).encode(), "driftmon-chunk-count": b"2"})
+    >>> a.complete["g/t/0"]
+    b'abc'
+    """
+
+    def __init__(self, wanted: set[str]) -> None:
+        self.wanted = wanted
+        self.complete: dict[str, bytes] = {}
+        self.malformed: dict[str, str] = {}  # base key → why a chunk of it was unusable
+        self._pending: dict[str, dict[bytes, dict[int, bytes]]] = {}
+
+    def add(self, key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> None:
+        parsed = split_state_key(key) if key is not None else None
+        if parsed is None or parsed[0] not in self.wanted:
+            return
+        base, index = parsed
+        if value is None:
+            if index == 0:  # the snapshot's tombstone (delete)
+                self.complete.pop(base, None)
+                self._pending.pop(base, None)
+            return
+        try:
+            snapshot_id = headers[SNAPSHOT_ID_HEADER]
+            header_index = int(headers[CHUNK_INDEX_HEADER])
+            count = int(headers[CHUNK_COUNT_HEADER])
+        except (KeyError, ValueError) as exc:
+            self.malformed[base] = f"chunk without valid headers ({type(exc).__name__}: {exc})"
+            return
+        if header_index != index or not 0 <= index < count:
+            self.malformed[base] = f"chunk {header_index}/{count} under key index {index}"
+            return
+        pending = self._pending.setdefault(base, {}).setdefault(snapshot_id, {})
+        pending[index] = value
+        if len(pending) == count:
+            self.complete[base] = b"".join(pending[i] for i in range(count))
+            self.malformed.pop(base, None)
+            del self._pending[base][snapshot_id]
+
+
+class KafkaCheckpointStore:
+    """Checkpoints in a compacted topic, keyed ``group/topic/partition``.
+
+    ``connect()`` creates the topic (``cleanup.policy=compact``) or checks an existing one:
+    a topic whose reported policy is not compact is refused (:class:`StateTopicError`),
+    since deletion by age would lose a quiet partition's state. All chunks of a partition
+    go to one state-topic partition (by the key's CRC-32), so a restore reads only the
+    state partitions its keys live in, from the beginning to the end, with a dedicated
+    group-less consumer. ``prefetch(tps)`` reads once for many partitions; ``load`` then
+    takes from what was read. A snapshot that cannot be decoded raises
+    :class:`CorruptCheckpointError` (the caller counts it and starts the partition cold).
+    """
+
+    remote = True  # loaded on the main thread, not in the rebalance callback
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        *,
+        topic: str,
+        group: str,
+        chunk_bytes: int,
+        topic_partitions: int = 6,
+        replication_factor: int = 1,
+    ) -> None:
+        self.client_config = client_config
+        self.topic = topic
+        self.group = group
+        self.chunk_bytes = chunk_bytes
+        self.topic_partitions = topic_partitions
+        self.replication_factor = replication_factor
+        self._producer: Any = None
+        self._reader: Any = None
+        self._partitions: int | None = None
+        self._prefetched: dict[tuple[str, int], bytes | None] = {}
+        self._prefetch_errors: dict[tuple[str, int], str] = {}
+        self._chunk_counts: dict[str, int] = {}  # chunks last written per key (tombstones)
+
+    # -- set-up -----------------------------------------------------------------------
+    def connect(self, *, bootstrap_timeout_ms: int = 30_000) -> None:
+        """Create or check the topic, then open the producer."""
+        from kafka import KafkaProducer
+        from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(**self.client_config, bootstrap_timeout_ms=bootstrap_timeout_ms)
+        try:
+            if self.topic not in admin.list_topics():
+                try:
+                    admin.create_topics(
+                        [
+                            NewTopic(
+                                self.topic,
+                                num_partitions=self.topic_partitions,
+                                replication_factor=self.replication_factor,
+                                topic_configs={"cleanup.policy": "compact"},
+                            )
+                        ]
+                    )
+                    log.info("state topic created", topic=self.topic)
+                except TopicAlreadyExistsError:  # another replica was first
+                    pass
+            described = admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self.topic)], config_filter="all"
+            )
+            configs = described.get("topic", {}).get(self.topic, {})
+            check_cleanup_policy(self.topic, configs.get("cleanup.policy", {}).get("value"))
+        finally:
+            admin.close()
+        self._producer = KafkaProducer(
+            **self.client_config,
+            bootstrap_timeout_ms=bootstrap_timeout_ms,
+            acks="all",
+            linger_ms=5,
+            retries=2_147_483_647,
+            max_request_size=self.chunk_bytes + 65_536,
+        )
+        self._partitions = self._partition_count()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+            self._producer = None
+
+    def _partition_count(self) -> int:
+        parts = None
+        deadline = time.monotonic() + 30
+        while not parts and time.monotonic() < deadline:
+            parts = self._producer.partitions_for(self.topic)
+        if not parts:
+            raise StateTopicError(f"state topic {self.topic!r} has no partitions")
+        return len(parts)
+
+    def state_partition(self, topic: str, partition: int) -> int:
+        assert self._partitions is not None, "connect() first"
+        return zlib.crc32(state_key(self.group, topic, partition)) % self._partitions
+
+    # -- CheckpointStore ----------------------------------------------------------------
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Every chunk acknowledged (acks=all) before it returns; raises the producer's
+        error otherwise (then the offset is not committed)."""
+        data = encode(checkpoint)
+        pieces = chunks(data, self.chunk_bytes)
+        snapshot_id = uuid.uuid4().hex.encode()
+        target = self.state_partition(checkpoint.topic, checkpoint.partition)
+        futures = []
+        for index, piece in enumerate(pieces):
+            headers = [
+                (SNAPSHOT_ID_HEADER, snapshot_id),
+                (CHUNK_INDEX_HEADER, str(index).encode()),
+                (CHUNK_COUNT_HEADER, str(len(pieces)).encode()),
+            ]
+            key = state_key(self.group, checkpoint.topic, checkpoint.partition, index)
+            futures.append(
+                self._producer.send(
+                    self.topic, key=key, value=piece, headers=headers, partition=target
+                )
+            )
+        base = state_key(self.group, checkpoint.topic, checkpoint.partition).decode()
+        # Chunks of an older, longer snapshot would never be compacted away: tombstone them.
+        for index in range(len(pieces), self._chunk_counts.get(base, 0)):
+            key = state_key(self.group, checkpoint.topic, checkpoint.partition, index)
+            futures.append(self._producer.send(self.topic, key=key, value=None, partition=target))
+        for future in futures:
+            future.get(timeout=STATE_PRODUCE_TIMEOUT)
+        self._chunk_counts[base] = len(pieces)
+
+    def delete(self, topic: str, partition: int) -> None:
+        target = self.state_partition(topic, partition)
+        base = state_key(self.group, topic, partition).decode()
+        for index in range(max(1, self._chunk_counts.pop(base, 1))):
+            key = state_key(self.group, topic, partition, index)
+            self._producer.send(self.topic, key=key, value=None, partition=target)
+        self._producer.flush(timeout=STATE_PRODUCE_TIMEOUT)
+
+    def prefetch(self, tps: list[tuple[str, int]]) -> None:
+        """Read the state partitions holding ``tps``' keys to their end, once."""
+        bases = {state_key(self.group, t, p).decode(): (t, p) for t, p in tps}
+        assembler = self.read(set(bases), {self.state_partition(t, p) for t, p in tps})
+        for base, tp in bases.items():
+            self._prefetched[tp] = assembler.complete.get(base)
+            if base in assembler.malformed and base not in assembler.complete:
+                self._prefetch_errors[tp] = assembler.malformed[base]
+
+    def load(self, topic: str, partition: int) -> Checkpoint | None:
+        tp = (topic, partition)
+        if tp not in self._prefetched:
+            self.prefetch([tp])
+        data = self._prefetched.pop(tp)
+        error = self._prefetch_errors.pop(tp, None)
+        if data is None:
+            if error is not None:
+                raise CorruptCheckpointError(error)
+            return None
+        base = state_key(self.group, topic, partition).decode()
+        self._chunk_counts[base] = len(chunks(data, self.chunk_bytes))
+        return decode(data, topic, partition)
+
+    def read(self, wanted: set[str], partitions: set[int]) -> SnapshotAssembler:
+        """The newest complete snapshot of each ``wanted`` key in ``partitions``."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self._reader is None:  # kept: one connection for every restore
+            self._reader = KafkaConsumer(
+                **self.client_config,
+                group_id=None,
+                enable_auto_commit=False,
+                fetch_max_bytes=max(52_428_800, self.chunk_bytes * 4),
+                max_partition_fetch_bytes=self.chunk_bytes + 65_536,
+            )
+        consumer = self._reader
+        assembler = SnapshotAssembler(wanted)
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=_STATE_END_POLL_MS)
+            for records in batch.values():
+                for rec in records:
+                    assembler.add(rec.key, rec.value, dict(rec.headers or ()))
+            # Stop at the end taken before reading, once a poll past it is empty.
+            if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+        else:
+            raise StateTopicError(f"state topic {self.topic!r} not read to its end in 120 s")
+        return assembler
+
+
+def check_cleanup_policy(topic: str, policy: str | None) -> None:
+    """Refuse a state topic whose reported ``cleanup.policy`` is not compact (``None``: the
+    broker did not say; the topic is used)."""
+    if policy is None:
+        log.warning("state topic cleanup.policy not reported; assuming compact", topic=topic)
+        return
+    if "compact" not in {part.strip() for part in policy.split(",")}:
+        raise StateTopicError(
+            f"state topic {topic!r} has cleanup.policy={policy}; it must be compact "
+            f"(kafka-configs --alter --entity-type topics --entity-name {topic} "
+            "--add-config cleanup.policy=compact), or set state.topic to another topic"
+        )

@@ -8,7 +8,8 @@ seconds, and checkpoints (:mod:`driftmon.partitions`) every N events or T second
 Exit codes: 0 after a clean stop (SIGTERM or SIGINT, at any moment, bootstrap included);
 1 on a fatal error (Kafka still failing after ``KAFKA_RETRY_DEADLINE_SECONDS`` of retries,
 ``state.dir`` no longer readable or writable, an unexpected exception); 2 on a
-configuration error found at start-up. Every fatal path logs one JSON line with its cause
+configuration error found at start-up (a ``state.topic`` that is not compacted included).
+Every fatal path logs one JSON line with its cause
 and closes the consumer.
 """
 
@@ -29,7 +30,13 @@ from prometheus_client import CollectorRegistry
 
 from driftmon import kafka as kafka_io
 from driftmon.alertmanager import AlertSender
-from driftmon.checkpoint import CheckpointDirectoryError, CheckpointStore, DirectoryCheckpointStore
+from driftmon.checkpoint import (
+    CheckpointDirectoryError,
+    CheckpointStore,
+    DirectoryCheckpointStore,
+    KafkaCheckpointStore,
+    StateTopicError,
+)
 from driftmon.core import compiled_label
 from driftmon.core.monitor import Detection, Monitor
 from driftmon.embedding import EmbeddingPath
@@ -37,6 +44,7 @@ from driftmon.kafka import KAFKA_BOOTSTRAP_DEADLINE_SECONDS, KAFKA_RETRY_DEADLIN
 from driftmon.metrics import Metrics, serve
 from driftmon.partitions import Listener, Partitions, PartitionState
 from driftmon.processing import Processor
+from driftmon.repartition import RepartitionStage
 from driftmon.server import Route
 from driftmon.settings import Settings
 from driftmon.sinks import CallbackSink, build_sinks
@@ -64,8 +72,11 @@ class Daemon:
         self.clock = clock
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        store = store or DirectoryCheckpointStore(settings.state.dir)
+        store = store or _store(settings)
         self.kafka = Partitions(settings, self.metrics, store, clock, lambda: self.should_exit)
+        self.kafka.emitted_lookup = lambda restored: kafka_io.emitted_detections(
+            kafka_io.client_config(settings.kafka), settings.kafka.detections_topic, restored
+        )
         self.alerts = AlertSender(settings.alertmanager, self.metrics, clock=clock)
         self._live = CallbackSink()
         self.sinks = build_sinks(
@@ -83,6 +94,14 @@ class Daemon:
         )
         self.transitions = TransitionPublisher(
             settings, self.metrics, self.alerts, lambda: self.processor.producer, clock
+        )
+        # kafka.repartition_topic: inputs re-keyed by endpoint on a thread of this process,
+        # and monitoring consumes the re-keyed topic (docs/scaling.md).
+        target = settings.kafka.repartition_topic
+        self.repartition = (
+            RepartitionStage(settings.kafka, settings.input, target, self.metrics, self.registry)
+            if target
+            else None
         )
         # The steps of the loop; also what tests and benchmarks call (or wrap) one by one.
         self.process_batch = self.processor.process_batch
@@ -133,10 +152,12 @@ class Daemon:
     def ready(self) -> bool:
         """Polling, owning partitions, and every partition able to make progress (its offset
         checked against the log)."""
+        stage = self.repartition
         return (
             bool(self.partitions)
             and not self.kafka.unverified
             and time.monotonic() - self._last_poll < 30.0
+            and (stage is None or (stage.error is None and stage.running))
         )
 
     def monitors(self) -> Iterator[tuple[TopicPartition, Monitor]]:
@@ -153,19 +174,25 @@ class Daemon:
             self.ready,
             routes={"/transitions": Route(self.transitions.response)},
         )
+        monitored = [k.repartition_topic] if k.repartition_topic else list(k.topics)
         log.info(
             "starting",
             bootstrap=k.bootstrap_servers,
             topics=k.topics,
+            monitored_topics=monitored,
             group=k.group_id,
             metrics_port=server.server_address[1],
             compiled_core=compiled_label(),
         )
         code = EXIT_OK
         try:
-            if self._connect():
-                kafka_io.subscribe(self._consumer, k.topics, Listener(self.kafka))
+            if self._connect() and self._start_repartition():
+                kafka_io.subscribe(self._consumer, monitored, Listener(self.kafka))
                 self._loop()
+        except StateTopicError as exc:
+            self._state_failed = True
+            log.error("stopping: state.topic unusable", error=str(exc))
+            code = EXIT_CONFIG
         except CheckpointDirectoryError as exc:
             self._state_failed = True
             log.error(
@@ -198,6 +225,21 @@ class Daemon:
             self._shutdown(server, code)
         return code
 
+    def _start_repartition(self) -> bool:
+        """Start the repartition stage (if configured) and wait for its topic; False when
+        an exit was requested first. A stage that fails stops the daemon (exit 1): it
+        restarts from the committed input offsets."""
+        stage = self.repartition
+        if stage is None:
+            return True
+        stage.start()
+        while not stage.topic_ready.wait(0.2):
+            if stage.error is not None:
+                raise stage.error
+            if self.should_exit:
+                return False
+        return True
+
     def _connect(self) -> bool:
         """Producer and consumer, built on a helper thread so that a signal ends the wait
         for an unreachable broker; False when an exit was requested first."""
@@ -208,7 +250,16 @@ class Daemon:
         def build() -> None:
             try:
                 built["producer"] = kafka_io.make_producer(k, bootstrap_timeout_ms=timeout_ms)
-                built["consumer"] = kafka_io.make_consumer(k, bootstrap_timeout_ms=timeout_ms)
+                # The re-keyed topic is read from its start when the group is new: what
+                # the stage produced before monitoring joined is not skipped.
+                monitor = (
+                    k.model_copy(update={"auto_offset_reset": "earliest"})
+                    if k.repartition_topic
+                    else k
+                )
+                built["consumer"] = kafka_io.make_consumer(monitor, bootstrap_timeout_ms=timeout_ms)
+                if isinstance(self.kafka.store, KafkaCheckpointStore):
+                    self.kafka.store.connect(bootstrap_timeout_ms=timeout_ms)
             except BaseException as exc:  # re-raised on the main thread
                 built["error"] = exc
 
@@ -228,6 +279,8 @@ class Daemon:
         k = self.settings.kafka
         partitions = self.kafka
         while not self.should_exit:
+            if self.repartition is not None and self.repartition.error is not None:
+                raise self.repartition.error
             # A batch kafka-python cannot decompress or parse is skipped and counted, not
             # raised: raised, it would stop the daemon and meet it again on restart.
             batch = kafka_io.poll_records(
@@ -268,6 +321,10 @@ class Daemon:
         watchdog.start()
         self.should_exit = True  # retries give up at once from here on
         steps: list[tuple[str, Callable[[], object]]] = []
+        stage = self.repartition
+        if stage is not None:
+            # First: it finishes its poll (produced, acknowledged, committed) and closes.
+            steps.append(("stop repartition stage", lambda: stage.stop(timeout=15)))
         if self._consumer is not None:
             steps.append(("refresh metrics", self.refresh_metrics))
             steps.append(("publish transitions", lambda: self.transitions.publish(self.partitions)))
@@ -279,6 +336,8 @@ class Daemon:
             steps.append(("close consumer", lambda: self._consumer.close(autocommit=False)))
         if self._producer is not None:
             steps.append(("close producer", lambda: self._producer.close(timeout=10)))
+        if isinstance(self.kafka.store, KafkaCheckpointStore):
+            steps.append(("close state producer", self.kafka.store.close))
         if self._embedding is not None:
             embedding = self._embedding
             steps.append(("close embedding worker", lambda: embedding.worker.close(timeout=5)))
@@ -294,6 +353,20 @@ class Daemon:
             server.server_close()
             watchdog.cancel()
             log.info("stopped", exit_code=code)
+
+
+def _store(settings: Settings) -> CheckpointStore:
+    s = settings.state
+    if s.backend == "kafka":
+        return KafkaCheckpointStore(
+            kafka_io.client_config(settings.kafka),
+            topic=s.topic,
+            group=settings.kafka.group_id,
+            chunk_bytes=s.chunk_bytes,
+            topic_partitions=s.topic_partitions,
+            replication_factor=s.replication_factor,
+        )
+    return DirectoryCheckpointStore(s.dir)
 
 
 def run(settings: Settings) -> int:

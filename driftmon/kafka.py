@@ -304,9 +304,76 @@ def send_detection(
     key: bytes,
     value: bytes,
     on_error: Callable[[BaseException], None],
+    detection_id: str | None = None,
 ) -> None:
-    """Produce one detection record; failures go to ``on_error``, never raised."""
-    _send(producer, topic, value=value, key=key, headers=None, on_error=on_error)
+    """Produce one detection record (its ``detection_id`` also in the
+    ``driftmon-detection-id`` header); failures go to ``on_error``, never raised."""
+    headers = [(DETECTION_ID_HEADER, detection_id.encode())] if detection_id else None
+    _send(producer, topic, value=value, key=key, headers=headers, on_error=on_error)
+
+
+DETECTION_ID_HEADER: Final = "driftmon-detection-id"
+# Producer and consumer clocks may differ: the look-back starts this much earlier.
+EMITTED_LOOKBACK_SECONDS: Final = 120.0
+
+
+def emitted_detections(
+    config: dict[str, Any],
+    detections_topic: str,
+    restored: Mapping[TopicPartition, tuple[int, float]],
+    *,
+    timeout: float = 60.0,
+) -> dict[TopicPartition, dict[str, int]]:
+    """The detections already on ``detections_topic`` for records at or after each restored
+    checkpoint (``restored``: source partition → (checkpoint offset, written_at)): detection
+    id → source offset. Reads every partition of the detections topic from the earliest
+    checkpoint's time (minus a margin for clock skew) to its end, without a group."""
+    found: dict[TopicPartition, dict[str, int]] = {tp: {} for tp in restored}
+    if not restored:
+        return found
+    since_ms = int((min(w for _, w in restored.values()) - EMITTED_LOOKBACK_SECONDS) * 1000)
+    consumer = KafkaConsumer(**config, group_id=None, enable_auto_commit=False)
+    try:
+        parts = consumer.partitions_for_topic(detections_topic) or set()
+        tps = [TopicPartition(detections_topic, p) for p in sorted(parts)]
+        if not tps:
+            return found
+        consumer.assign(tps)
+        ends = consumer.end_offsets(tps)
+        starts = consumer.offsets_for_times({tp: max(since_ms, 0) for tp in tps})
+        for tp in tps:
+            start = starts.get(tp)
+            if start is None:  # nothing written since: nothing to read
+                consumer.seek(tp, ends[tp])
+            else:
+                consumer.seek(tp, start.offset)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = consumer.poll(timeout_ms=300)
+            for records in batch.values():
+                for rec in records:
+                    _note_emitted(rec.value, restored, found)
+            if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
+                break
+    finally:
+        consumer.close()
+    return found
+
+
+def _note_emitted(
+    value: bytes | None,
+    restored: Mapping[TopicPartition, tuple[int, float]],
+    found: dict[TopicPartition, dict[str, int]],
+) -> None:
+    try:
+        body = json.loads(value or b"")
+        source = TopicPartition(body["topic"], body["partition"])
+        offset, detection_id = body["offset"], body["detection_id"]
+    except (ValueError, KeyError, TypeError):  # not a driftmon detection record
+        return
+    since = restored.get(source)
+    if since is not None and isinstance(offset, int) and offset >= since[0]:
+        found[source][str(detection_id)] = offset
 
 
 def detection_record(detection: Detection, *, topic: str, partition: int, offset: int) -> bytes:

@@ -123,7 +123,8 @@ class Metrics:
         self.offset_resets = counter(
             "driftmon_offset_resets",
             "Restored offsets outside the partition's log, by reason: beyond_end (broker data "
-            "reset), before_start (retention passed it), topic_recreated.",
+            "reset), before_start (retention passed it), topic_recreated, state_unreadable (a "
+            "saved state that could not be used: the partition started cold).",
             ("reason",),
         )
         self.kafka_retries = counter(

@@ -4,6 +4,11 @@ One Pipeline (and so one Monitor and one DriftTracker) per assigned partition,
 checkpointed with the offset it reflects. The order is fixed: outputs flushed, state
 written, then offsets committed. On revoke: checkpoint, then commit. On lost: drop without
 saving or committing (another member may own the partition already).
+
+A store that talks to Kafka (``state.backend: kafka``) is read on the main thread, before the
+paused partition resumes: the rebalance callback must not wait on another client. Records
+after a restored checkpoint are read again; the detections the previous owner already
+emitted for them (read back from the detections topic) are not emitted twice.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata
 
 from driftmon import kafka as kafka_io
-from driftmon.checkpoint import Checkpoint, CheckpointStore
+from driftmon.checkpoint import Checkpoint, CheckpointStore, CorruptCheckpointError
 from driftmon.core.drifts import ActiveDrift, DriftTracker
 from driftmon.core.pipeline import Pipeline
 from driftmon.metrics import Metrics
@@ -46,6 +51,10 @@ class PartitionState:
     # (endpoint, model, feature) → its detection, while the drift is active; checkpointed
     drifts: DriftTracker = field(default_factory=DriftTracker)
     topic_id: str | None = None  # of the data the state reflects, when the broker says
+    # Detections already emitted (by this or an earlier owner) for records after the restored
+    # checkpoint: re-detected while those records are read again, they are not re-emitted.
+    # id → its record's offset; bounded: ids before the next checkpoint's offset go then.
+    emitted_ids: dict[str, int] = field(default_factory=dict)
 
 
 class Owner(Protocol):
@@ -105,7 +114,19 @@ class Partitions:
         # Assigned partitions whose restored offset is not yet checked against the log: paused
         # until the main loop has looked (the rebalance listener may not make blocking calls).
         self.unverified: set[TopicPartition] = set()
+        # Assigned, not yet restored: a remote store is read on the main thread.
+        self.unrestored: set[TopicPartition] = set()
+        # Looks up the detections already emitted after a restored checkpoint (the daemon's
+        # detections topic); None: not looked up.
+        self.emitted_lookup: (
+            Callable[
+                [dict[TopicPartition, tuple[int, float]]], dict[TopicPartition, dict[str, int]]
+            ]
+            | None
+        ) = None
         self.listener_error: Exception | None = None  # raised by the main loop
+        # Restored partitions: the checkpoint's offset and time (find_emitted looks there).
+        self.restored: dict[TopicPartition, tuple[int, float]] = {}
         self.last_checkpoint = time.monotonic()
 
     def retry(self, operation: str, call: Callable[[], T]) -> T:
@@ -113,38 +134,89 @@ class Partitions:
 
     # -- rebalancing ----------------------------------------------------------------
     def assigned(self, assigned: set[TopicPartition]) -> None:
+        remote = getattr(self.store, "remote", False)
         for tp in sorted(assigned):
             state = self.owner.new_state()
-            ckpt = self.store.load(tp.topic, tp.partition)
-            if ckpt is not None:
-                try:
-                    state.pipeline.monitor.restore(ckpt.state)
-                except ValueError as exc:
-                    log.warning(
-                        "checkpoint not usable, starting fresh",
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        error=str(exc),
-                    )
-                    ckpt = None
-            if ckpt is not None:
-                # The state reflects every record before ckpt.offset: resume exactly there.
-                self.consumer.seek(tp, ckpt.offset)
-                state.next_offset = ckpt.offset
-                state.topic_id = ckpt.topic_id
-                for drift in ckpt.drifts:
-                    self.owner.activate(drift, state)
-                state.drifts.saved()  # as saved
             self.states[tp] = state
             self.consumer.pause(tp)
             self.unverified.add(tp)
-            log.info(
-                "partition assigned",
+            if remote:
+                self.unrestored.add(tp)
+                log.info("partition assigned", topic=tp.topic, partition=tp.partition)
+            else:
+                self.restore(tp, state, "partition assigned")
+
+    def restore_assigned(self) -> None:
+        """Main thread: restore the partitions a remote store holds, reading it once."""
+        pending = sorted(tp for tp in self.unrestored if tp in self.states)
+        self.unrestored.clear()
+        if not pending:
+            return
+        prefetch = getattr(self.store, "prefetch", None)
+        if prefetch is not None:
+            self.retry("state read", lambda: prefetch([(tp.topic, tp.partition) for tp in pending]))
+        for tp in pending:
+            self.restore(tp, self.states[tp], "partition restored")
+
+    def restore(self, tp: TopicPartition, state: PartitionState, event: str) -> None:
+        """Load the partition's checkpoint into ``state`` and seek to its offset; an
+        unreadable one (corrupt, another format or detector settings) is counted in
+        ``driftmon_offset_resets_total{reason="state_unreadable"}`` and the partition
+        starts cold from its committed offset."""
+        ckpt: Checkpoint | None
+        try:
+            ckpt = self.store.load(tp.topic, tp.partition)
+            if ckpt is not None:
+                state.pipeline.monitor.restore(ckpt.state)
+        except ValueError as exc:  # CorruptCheckpointError included
+            log.warning(
+                "checkpoint not usable, starting fresh",
                 topic=tp.topic,
                 partition=tp.partition,
-                restored_offset=ckpt.offset if ckpt else None,
-                active_drifts=len(ckpt.drifts) if ckpt else 0,
+                error=str(exc)[:300],
+                corrupt=isinstance(exc, CorruptCheckpointError),
             )
+            self.metrics.offset_resets.labels("state_unreadable").inc()
+            state = self.owner.new_state()  # nothing half-restored
+            self.states[tp] = state
+            ckpt = None
+        if ckpt is not None:
+            # The state reflects every record before ckpt.offset: resume exactly there.
+            self.consumer.seek(tp, ckpt.offset)
+            state.next_offset = ckpt.offset
+            state.topic_id = ckpt.topic_id
+            for drift in ckpt.drifts:
+                self.owner.activate(drift, state)
+            state.drifts.saved()  # as saved
+            self.restored[tp] = (ckpt.offset, ckpt.written_at)
+        log.info(
+            event,
+            topic=tp.topic,
+            partition=tp.partition,
+            restored_offset=ckpt.offset if ckpt else None,
+            active_drifts=len(ckpt.drifts) if ckpt else 0,
+        )
+
+    def find_emitted(self) -> None:
+        """Main thread: the detections already emitted after each restored checkpoint."""
+        restored, self.restored = self.restored, {}
+        restored = {tp: v for tp, v in restored.items() if tp in self.states}
+        if not restored or self.emitted_lookup is None:
+            return
+        lookup = self.emitted_lookup
+        try:
+            found = self.retry("detections read", lambda: lookup(restored))
+        except KafkaError as exc:
+            # No read access to the detections topic (an ACL) must not stop monitoring: the
+            # detections of the records read again may then be emitted a second time.
+            log.warning(
+                "detections topic not readable; re-read records may repeat detections",
+                error=str(exc)[:300],
+            )
+            return
+        for tp, ids in found.items():
+            if tp in self.states:
+                self.states[tp].emitted_ids.update(ids)
 
     def revoked(self, revoked: set[TopicPartition]) -> None:
         owned = [tp for tp in revoked if tp in self.states]
@@ -160,6 +232,8 @@ class Partitions:
 
     def drop(self, tp: TopicPartition) -> None:
         self.unverified.discard(tp)
+        self.unrestored.discard(tp)
+        self.restored.pop(tp, None)
         self.owner.dropped(self.states.pop(tp))
         self.metrics.remove_partition_lag(tp.topic, tp.partition)
 
@@ -171,7 +245,10 @@ class Partitions:
     # return nothing, with a high watermark below the position. Either way the state no
     # longer matches the data: the partition starts cold.
     def verify_assigned(self) -> None:
-        """Check restored offsets against the log start and the topic id, then resume."""
+        """Restore from a remote store, look up what was already emitted, check restored
+        offsets against the log start and the topic id, then resume."""
+        self.restore_assigned()
+        self.find_emitted()
         pending = sorted(tp for tp in self.unverified if tp in self.states)
         if not pending:
             return
@@ -299,14 +376,24 @@ class Partitions:
             assert state.next_offset is not None
             snapshot = state.pipeline.monitor.snapshot()
             drifts = tuple(state.drifts.active.values())
-            self.store.save(
-                Checkpoint(
-                    tp.topic, tp.partition, state.next_offset, snapshot, now, drifts, state.topic_id
-                )
+            ckpt = Checkpoint(
+                tp.topic, tp.partition, state.next_offset, snapshot, now, drifts, state.topic_id
             )
+            if blocking_commit:
+                self.retry("state write", lambda ckpt=ckpt: self.store.save(ckpt))  # type: ignore[misc]
+            else:
+                try:
+                    self.store.save(ckpt)
+                except KafkaError as exc:
+                    # Unsaved and uncommitted: the next owner re-reads from the last checkpoint.
+                    log.warning("checkpoint skipped: state write failed", error=str(exc)[:300])
+                    break
             state.events_since_checkpoint = 0
+            state.emitted_ids = {i: o for i, o in state.emitted_ids.items() if o >= ckpt.offset}
             state.drifts.saved()
             offsets[tp] = OffsetAndMetadata(state.next_offset, "", -1)
+        if not offsets:
+            return
         self._commit(offsets, blocking_commit)
         self.metrics.checkpoints.inc()
         self.last_checkpoint = time.monotonic()

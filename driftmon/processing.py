@@ -208,10 +208,14 @@ class Processor:
     ) -> None:
         now = self.clock()
         detected_at = det.timestamp if det.timestamp is not None else now
+        self.activate(ActiveDrift.from_detection(det, detected_at=detected_at, since=now), state)
+        if det.detection_id in state.emitted_ids:
+            # Emitted before the hand-off or restart, for a record now read again: the drift
+            # is active again (same startsAt), the detection itself is not repeated.
+            return
         self.metrics.drift_detections.labels(
             det.endpoint, det.model, det.feature, det.detector
         ).inc()
-        self.activate(ActiveDrift.from_detection(det, detected_at=detected_at, since=now), state)
         self.sinks.add(det, Origin(tp.topic, tp.partition, offset))
 
     def apply_embeddings(self) -> None:

@@ -63,6 +63,10 @@ class KafkaSettings(Frozen):
     dead_letter_topic: str = "driftmon.dead-letter"
     detections_topic: str = "driftmon.detections"
     transitions_topic: str = "driftmon.transitions"  # "" : no transition records
+    # Re-key every input message by its endpoint into this topic (a stage on its own
+    # thread) and monitor that topic: for producers that do not key by endpoint, such as
+    # the OpenTelemetry Collector (docs/scaling.md). None: monitor kafka.topics directly.
+    repartition_topic: str | None = None
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -90,6 +94,11 @@ class KafkaSettings(Frozen):
         ):
             raise ValueError(
                 "kafka.sasl_mechanism and kafka.sasl_username are required with SASL protocols"
+            )
+        if self.repartition_topic is not None and self.repartition_topic in self.topics:
+            raise ValueError(
+                "kafka.repartition_topic must not be one of kafka.topics (the stage reads "
+                "the inputs and writes the re-keyed records there)"
             )
         return self
 
@@ -178,9 +187,19 @@ class MetricsSettings(Frozen):
 
 
 class StateSettings(Frozen):
+    # file: one checkpoint file per partition in ``dir`` (one replica); kafka: a compacted
+    # topic, so that any replica of the group can take a partition over (docs/deployment.md).
+    backend: Literal["file", "kafka"] = "file"
     dir: Path = Path("./driftmon-state")
     checkpoint_every_events: int = Field(50_000, ge=1)
     checkpoint_every_seconds: float = Field(30.0, gt=0)
+    topic: str = Field("driftmon.state", min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")
+    # Used when driftmon creates the topic (an existing topic keeps its own).
+    topic_partitions: int = Field(6, ge=1)
+    replication_factor: int = Field(1, ge=1)
+    # A snapshot larger than this goes as several records: keep it under the broker's
+    # message.max.bytes (1 MB by default) minus headers.
+    chunk_bytes: int = Field(900_000, ge=1024)
 
 
 class DetectorSettings(Frozen):

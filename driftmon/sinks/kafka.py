@@ -1,5 +1,7 @@
 """Detections as records on the detections topic (``kafka.detections_topic``), keyed
-``endpoint|model``."""
+``endpoint|model``, each with its stable ``detection_id`` (in the JSON and in the
+``driftmon-detection-id`` header). A detection re-found while records after a restored
+checkpoint are read again is not added to the sinks at all (driftmon.processing)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class DetectionTopicSink(Sink):
             on_error=kafka_io.produce_failed(
                 self.metrics, self.topic, origin.topic, origin.partition, origin.offset
             ),
+            detection_id=detection.detection_id,
         )
 
     def flush(self) -> None:

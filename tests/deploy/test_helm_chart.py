@@ -112,6 +112,10 @@ def test_examples_validate(name: str, values: dict[str, Any]) -> None:
 BAD_VALUES: dict[str, dict[str, Any]] = {
     "unknown top-level key": {"replicas": 1},
     "two replicas": {"replicaCount": 2},
+    "two replicas with file state": {"replicaCount": 2, "config": {"state": {"backend": "file"}}},
+    "KEDA with file state": {"keda": {"enabled": True}},
+    "state backend not an enum value": {"config": {"state": {"backend": "redis"}}},
+    "KEDA setting misspelt": {"keda": {"enabled": False, "lagTreshold": 5}},
     "replicas as a string": {"replicaCount": "1"},
     "pull policy not an enum value": {"image": {"pullPolicy": "Sometimes"}},
     "digest not a sha256": {"image": {"digest": "latest"}},
@@ -141,6 +145,33 @@ def test_bad_values_are_rejected(case: str) -> None:
     assert errors(values), f"{case}: accepted"
 
 
+SCALE_OUT: dict[str, dict[str, Any]] = {
+    "three replicas, state in kafka": {
+        "replicaCount": 3,
+        "config": {"state": {"backend": "kafka", "topic": "team.driftmon.state"}},
+    },
+    "KEDA, state in kafka": {"keda": {"enabled": True}, "config": {"state": {"backend": "kafka"}}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCALE_OUT))
+def test_several_replicas_are_accepted_with_state_in_kafka(case: str) -> None:
+    values = helm_values.merge(helm_values.defaults(), SCALE_OUT[case])
+    assert errors(values) == []
+    loaded = driftmon_settings.Settings(**values["config"])
+    assert loaded.state.backend == "kafka"
+
+
+def test_the_templates_refuse_several_replicas_with_file_state() -> None:
+    deployment = text("deployment.yaml")
+    assert re.search(r"gt \(int \.Values\.replicaCount\) 1\) \(not \$kafkaState\)", deployment)
+    assert 'fail "replicaCount > 1 needs config.state.backend: kafka' in deployment
+    assert "type: RollingUpdate" in deployment and "type: Recreate" in deployment
+    assert "minAvailable: 1" in text("poddisruptionbudget.yaml")
+    assert "kind: ScaledObject" in text("scaledobject.yaml")
+    assert helm_values.defaults()["keda"]["enabled"] is False
+
+
 def test_required_keys_cannot_be_removed() -> None:
     # `--set config.state=null` deletes the key in Helm; templates read it.
     values = helm_values.merge(helm_values.defaults(), {"config": {"state": None}})
@@ -166,7 +197,8 @@ def test_check_jsonschema_cli(tmp_path: Path) -> None:
     )
     rejected = run([cli, "--schemafile", str(SCHEMA_PATH), str(bad)])
     assert rejected.returncode != 0
-    assert "replicaCount" in rejected.stdout + rejected.stderr
+    # More than one replica is refused through what it needs: state in Kafka.
+    assert "config.state.backend" in rejected.stdout + rejected.stderr
 
 
 # --- config: the chart's schema and driftmon's settings model agree ---------

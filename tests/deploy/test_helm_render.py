@@ -337,10 +337,59 @@ def test_rendered_objects_use_real_kubernetes_fields(values_file: Path | None) -
         assert k8s_fields.object_problems(doc) == [], doc["kind"]
 
 
+def test_one_replica_with_file_state_has_no_budget_and_no_scaler() -> None:
+    kinds = {d["kind"] for d in template()}
+    assert "PodDisruptionBudget" not in kinds and "ScaledObject" not in kinds
+    assert "PersistentVolumeClaim" in kinds
+
+
+def test_replicas_with_state_in_kafka_roll_and_keep_one_pod() -> None:
+    docs = template("--set", "replicaCount=3,config.state.backend=kafka")
+    spec = one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in docs}
+    assert "driftmon.state" in config_map(docs)["data"]["driftmon.yaml"]
+
+
+def test_keda_scales_on_the_groups_lag() -> None:
+    docs = template("--set", "keda.enabled=true,config.state.backend=kafka")
+    scaled = one(docs, "ScaledObject")
+    assert "replicas" not in one(docs, "Deployment")["spec"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "driftmon"
+    assert trigger["metadata"]["topic"] == "llm-outputs"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+
+
+def test_the_template_fails_clearly_without_the_schema() -> None:
+    # --skip-schema-validation (helm ≥ 3.16) leaves the template's own check.
+    result = run(
+        [
+            helm(),
+            "template",
+            "rel",
+            str(CHART),
+            "--skip-schema-validation",
+            "--set",
+            "replicaCount=2",
+        ]
+    )
+    if "unknown flag" in result.stderr:
+        pytest.skip("helm older than 3.16: no --skip-schema-validation")
+    assert result.returncode != 0
+    assert "replicaCount > 1 needs config.state.backend: kafka" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "field"),
     [
-        ("replicaCount=2", "replicaCount"),
+        ("replicaCount=2", "backend"),
         ("config.kafka.sasl_password=hunter2", "sasl_password"),
         ("image.pullPolicy=Sometimes", "pullPolicy"),
         ("unknownKey=1", "unknownKey"),
