@@ -311,10 +311,17 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, Any]:
     )
 
 
+# A deliberate upgrade as well: the drifting endpoint's last answers again, under a new
+# model label. A new key (it warms up, no detection) and a model transition on that
+# endpoint, which the dashboard's transitions table shows under every selection.
+N_RELABELLED = 100
+RELABEL = "-next"
+
+
 def stream() -> list[str]:
     # Timestamps end now, so "recent detection" queries (time() - timestamp) see the drift.
     start = time.time() - N_EVENTS / EVENTS_PER_SECOND
-    return list(
+    lines = list(
         generate(
             N_EVENTS,
             n_keys=N_KEYS,
@@ -325,6 +332,21 @@ def stream() -> list[str]:
             events_per_second=EVENTS_PER_SECOND,
         )
     )
+    relabelled: list[str] = []
+    for line in reversed(lines):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if (
+            isinstance(event, dict)
+            and event.get("endpoint") == DRIFTING
+            and event.get("kind", "completion") == "completion"
+        ):
+            relabelled.append(json.dumps({**event, "model": event["model"] + RELABEL}))
+        if len(relabelled) == N_RELABELLED:
+            break
+    return lines + relabelled[::-1]
 
 
 def read_total(prom: Prometheus) -> float:
@@ -379,13 +401,13 @@ def test_dashboard_and_rules_work_on_a_real_prometheus(
         def settled() -> bool:
             assert daemon.proc is not None and daemon.proc.poll() is None, daemon.tail()
             return (
-                read_total(prom) >= N_EVENTS
+                read_total(prom) >= len(lines)
                 and prometheus_drifts(prom) == expected
                 and prom.value(f'max(driftmon_consumer_lag{{topic="{TOPIC}"}})') == 0
             )
 
         wait_for(settled, timeout=60, every=0.5)
-        assert daemon.events_seen() == N_EVENTS
+        assert daemon.events_seen() == len(lines)
         assert daemon_drifts(daemon) == expected
 
         def relearning() -> set[tuple[str, str]]:
@@ -395,6 +417,8 @@ def test_dashboard_and_rules_work_on_a_real_prometheus(
                     'driftmon_detector_threshold{detector="page_hinkley"}'
                     ' != driftmon_detector_threshold{detector="page_hinkley"}'
                 )
+                # The relabelled key is still learning its first reference: every feature.
+                if not s["metric"]["model"].endswith(RELABEL)
             }
 
         # Detector gauges come from the 5 s refresh, not from the event that changed them:
@@ -453,11 +477,13 @@ def test_dashboard_and_rules_work_on_a_real_prometheus(
 
         # -- 4b. what the main panels show -------------------------------------------------
         drifts = expected
-        assert prom.value("sum(driftmon_keys)") == N_KEYS
+        assert prom.value("sum(driftmon_keys)") == N_KEYS + 1  # the relabelled endpoint's
+        transitions = prom.vector("driftmon_transition_verdict == 1")
+        assert [s["metric"]["to_model"].endswith(RELABEL) for s in transitions] == [True]
         assert (prom.value("sum(rate(driftmon_events_total[1m]))") or 0) > 0
         assert (prom.value("sum(rate(driftmon_events_rejected_total[1m]))") or 0) > 0
         assert prom.value("sum(driftmon_events_rejected_total)") == N_EVENTS // BAD_EVERY
-        assert prom.value("sum(driftmon_events_total)") == N_EVENTS - N_EVENTS // BAD_EVERY
+        assert prom.value("sum(driftmon_events_total)") == len(lines) - N_EVENTS // BAD_EVERY
 
         # -- 4c. every rule: parses, evaluates without error, only the drift rule matches -----
         rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
