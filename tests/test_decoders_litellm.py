@@ -4,7 +4,6 @@ no network), decoded; and replay of OTLP protobuf from a length-prefixed file.""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,40 +13,13 @@ from driftmon.core.events import Event, Rejection
 from driftmon.decoders import DecoderOptions, decoder
 from driftmon.replay import replay
 from driftmon.settings import Settings
+from tests.litellm_support import payloads_for
 from tests.otel_support import SNAPSHOT, record
-from tests.support import wait_for
 
 
 @pytest.fixture(scope="module")
 def payloads() -> list[dict[str, Any]]:
-    # No network: litellm's bundled model cost map.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    litellm = pytest.importorskip("litellm")
-    from litellm.integrations.custom_logger import CustomLogger
-
-    captured: list[dict[str, Any]] = []
-
-    class Capture(CustomLogger):  # type: ignore[misc]
-        def log_success_event(
-            self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-        ) -> None:
-            captured.append(kwargs["standard_logging_object"])
-
-    litellm.callbacks = [Capture()]
-    try:
-        for text in ("Hello there.", "Sure: here it is."):
-            litellm.completion(
-                model="gpt-4o",
-                messages=[{"role": "user", "content": "Hi"}],
-                mock_response=text,
-                metadata={"tags": ["endpoint:support-chat"]},
-            )
-        wait_for(lambda: len(captured) == 2, timeout=60)
-    finally:
-        litellm.callbacks = []
-    # The callback runs on litellm's logging worker: JSON as the proxy's loggers write it.
-    assert len(captured) == 2
-    return [json.loads(json.dumps(p, default=str)) for p in captured]
+    return payloads_for("support-chat")
 
 
 @pytest.mark.parametrize("fmt", ["auto", "litellm"])

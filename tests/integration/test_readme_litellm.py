@@ -1,23 +1,43 @@
 """The README's LiteLLM callback, run as written: a real LiteLLM call (a mock response,
 no network) logs its StandardLoggingPayload through it to the real broker, and driftmon's
-decoder reads the record as an event of the tagged endpoint."""
+decoder reads the record as an event of the tagged endpoint. The call runs in a fresh
+interpreter (LiteLLM's callbacks are process-wide state)."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from driftmon.core.events import Event
 from driftmon.decoders import DecoderOptions, decoder
 from driftmon.demo.tansu import EmbeddedBroker
+from tests.litellm_support import run_python
 from tests.support import consume_all, wait_for
 
 README = Path(__file__).parents[2] / "README.md"
 TOPIC = "llm-outputs-litellm"  # the broker fixture creates it
+
+_CALL = """
+import sys, time
+import litellm
+
+logger = DriftmonLogger(sys.argv[1], topic=sys.argv[2])
+sent = []
+send = logger.producer.send
+logger.producer.send = lambda *a, **k: sent.append(send(*a, **k))
+litellm.callbacks = [logger]
+litellm.completion(
+    model="gpt-4o",
+    messages=[{"role": "user", "content": "Hi"}],
+    mock_response="Sure: here it is.",
+    metadata={"tags": ["endpoint:support-chat"]},
+)
+deadline = time.monotonic() + 60
+while not sent and time.monotonic() < deadline:
+    time.sleep(0.05)  # the callback runs on LiteLLM's logging worker
+logger.producer.flush()
+logger.producer.close()
+"""
 
 
 def _readme_callback() -> str:
@@ -27,23 +47,8 @@ def _readme_callback() -> str:
 
 
 def test_the_readme_litellm_callback_feeds_driftmon(broker: EmbeddedBroker) -> None:
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network
-    litellm = pytest.importorskip("litellm")
-    namespace: dict[str, Any] = {}
-    exec(compile(_readme_callback(), str(README), "exec"), namespace)
-    logger = namespace["DriftmonLogger"](broker.bootstrap, topic=TOPIC)
-    litellm.callbacks = [logger]
-    try:
-        litellm.completion(
-            model="gpt-4o",
-            messages=[{"role": "user", "content": "Hi"}],
-            mock_response="Sure: here it is.",
-            metadata={"tags": ["endpoint:support-chat"]},
-        )
-        records = wait_for(lambda: consume_all(broker.bootstrap, TOPIC, idle=1.0), timeout=60)
-    finally:
-        litellm.callbacks = []
-        logger.producer.close()
+    run_python(_readme_callback() + _CALL, broker.bootstrap, TOPIC)
+    records = wait_for(lambda: consume_all(broker.bootstrap, TOPIC, idle=1.0), timeout=60)
     (record,) = records
     assert record.key == b"support-chat"
     (event,) = decoder("auto", DecoderOptions())(record.value, max_bytes=1_000_000)

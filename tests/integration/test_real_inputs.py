@@ -8,7 +8,6 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import confluent_kafka
 import kafka.codec
@@ -22,6 +21,7 @@ from driftmon.demo.tansu import EmbeddedBroker
 from driftmon.kafka import poll_records
 from driftmon.replay import replay
 from driftmon.settings import Settings
+from tests.litellm_support import payloads_for
 from tests.otel_support import record
 from tests.support import (
     DaemonProcess,
@@ -197,33 +197,7 @@ def test_librdkafka_batches_in_every_codec_give_the_detections_of_replay(broker,
 # -- OTLP protobuf and LiteLLM, through the daemon ---------------------------------------
 def litellm_payloads(endpoint: str) -> list[bytes]:
     """StandardLoggingPayloads of two real litellm calls (``mock_response``: no network)."""
-    import os
-
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-    litellm = pytest.importorskip("litellm")
-    from litellm.integrations.custom_logger import CustomLogger
-
-    captured: list[dict[str, Any]] = []
-
-    class Capture(CustomLogger):  # type: ignore[misc]
-        def log_success_event(
-            self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-        ) -> None:
-            captured.append(kwargs["standard_logging_object"])
-
-    litellm.callbacks = [Capture()]
-    try:
-        for text in ("Hello there.", "Sure: here it is."):
-            litellm.completion(
-                model="gpt-4o",
-                messages=[{"role": "user", "content": "Hi"}],
-                mock_response=text,
-                metadata={"tags": [f"endpoint:{endpoint}"]},
-            )
-        wait_for(lambda: len(captured) == 2, timeout=60)
-    finally:
-        litellm.callbacks = []
-    return [json.dumps(p, default=str).encode() for p in captured]
+    return [json.dumps(p).encode() for p in payloads_for(endpoint)]
 
 
 def with_one_bad_span(raw: bytes) -> bytes:
