@@ -151,6 +151,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(render([t.report() for t in result.transitions]))
     pairing = "paired by id" if result.paired else "not paired (no shared ids)"
+    if result.paired and result.unpaired:
+        pairing += f"; {result.unpaired} new answers without a partner were not compared"
     print(
         f"\n{result.old.path}: {len(result.old.events)} accepted; "
         f"{result.new.path}: {len(result.new.events)} accepted; {pairing}.",

@@ -52,10 +52,12 @@ class Comparison:
     paired: bool
     old: _Side
     new: _Side
+    unpaired: int = 0  # new answers without a partner of the same id (paired mode)
 
     def report(self) -> dict[str, Any]:
         return {
             "paired": self.paired,
+            "unpaired": self.unpaired,
             "old": _side_report(self.old),
             "new": _side_report(self.new),
             "transitions": [t.report() for t in self.transitions],
@@ -100,8 +102,11 @@ def _read(path: str, pipeline: Pipeline) -> _Side:
 def compare(old_path: str, new_path: str, settings: Settings) -> Comparison:
     """Compare the two files per endpoint present in both."""
     config = pipeline_config(settings)
-    reader = Pipeline(config.__class__(**{**_fields(config), "transitions": _off(config)}))
-    old, new = _read(old_path, reader), _read(new_path, reader)
+    reading = config.__class__(**{**_fields(config), "transitions": _off(config)})
+    reader = Pipeline(reading)
+    # One pipeline per file: its decoder counts a response seen twice once, and the
+    # other file's answers are not repeats of it.
+    old, new = _read(old_path, reader), _read(new_path, Pipeline(reading))
     endpoints = [e for e in _endpoints(new) if e in set(_endpoints(old))]
     if not endpoints:
         raise CompareInputError(
@@ -113,6 +118,7 @@ def compare(old_path: str, new_path: str, settings: Settings) -> Comparison:
     paired = bool(ids_new) and sum(i in ids_old for i in ids_new) >= 0.5 * len(ids_new)
     names = reader.extractor.feature_names
     transitions = []
+    unpaired = 0
     for number, endpoint in enumerate(endpoints, 1):
         o = [(e, f) for e, f in old.events if e.endpoint == endpoint]
         n = [(e, f) for e, f in new.events if e.endpoint == endpoint]
@@ -131,7 +137,7 @@ def compare(old_path: str, new_path: str, settings: Settings) -> Comparison:
             config.transitions.stratify_by,
         )
         if paired:
-            _feed_pairs(t, o, n)
+            unpaired += _feed_pairs(t, o, n)
         else:
             for event, features in n:
                 t.observe(True, event, features)
@@ -139,25 +145,32 @@ def compare(old_path: str, new_path: str, settings: Settings) -> Comparison:
                     t.update()
         t.update()
         transitions.append(t)
-    return Comparison(transitions, paired, old, new)
+    return Comparison(transitions, paired, old, new, unpaired)
 
 
 def _feed_pairs(
     t: Transition,
     old: list[tuple[Event, dict[str, float]]],
     new: list[tuple[Event, dict[str, float]]],
-) -> None:
+) -> int:
+    """Feed the answers of both files that share an id; returns the new answers left
+    without a partner (not compared: the report and the summary say how many)."""
+    left = 0
     by_id: dict[str, tuple[Event, dict[str, float]]] = {}
     for event, features in old:
         if event.id is not None and event.kind == "completion":
             by_id.setdefault(event.id, (event, features))
     for event, features in new:
+        if event.kind != "completion":
+            continue
         partner = by_id.pop(event.id, None) if event.id is not None else None
-        if partner is None or event.kind != "completion":
+        if partner is None:
+            left += 1
             continue
         t.observe_pair(partner[0], partner[1], event, features)
         if t.due():
             t.update()
+    return left
 
 
 def _fields(config: Any) -> dict[str, Any]:

@@ -198,6 +198,8 @@ def skip_undecodable(
         state = states.get(TopicPartition(topic, partition))
         if state is not None and (state.next_offset is None or state.next_offset < next_offset):
             state.next_offset = next_offset
+            # Due in the next checkpoint even when no record follows the skipped batch.
+            state.events_since_checkpoint += 1
 
     return skip
 

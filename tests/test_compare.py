@@ -54,6 +54,23 @@ def test_compare_pairs_a_golden_set_and_prints_the_changelog(
     (t,) = data["transitions"]
     assert t["verdict"] == "changed" and t["mode"] == "concurrent"
     assert t["new_events"] == 400 and t["old_events"] == 400
+    assert data["unpaired"] == 0
+
+
+def test_answers_without_a_partner_are_counted_not_compared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = _golden(tmp_path / "old.jsonl", "m-1", 1.0, 1)
+    new = _golden(tmp_path / "new.jsonl", "m-2", 1.0, 2)
+    with new.open("a") as handle:  # prompts the old set never answered
+        for i in range(30):
+            record = {"endpoint": "golden", "model": "m-2", "id": f"extra{i}", "output": "Hi."}
+            handle.write(json.dumps(record) + "\n")
+    report = tmp_path / "cmp.json"
+    assert main(["compare", str(old), str(new), "--report", str(report)]) == 0
+    assert "30 new answers without a partner were not compared" in capsys.readouterr().err
+    data = json.loads(report.read_text())
+    assert data["unpaired"] == 30 and data["transitions"][0]["new_events"] == 400
 
 
 def test_compare_exits_1_on_a_breaking_change(tmp_path: Path) -> None:

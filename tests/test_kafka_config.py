@@ -84,13 +84,15 @@ def test_an_unreadable_header_gives_no_end():
 
 def test_a_skipped_batch_is_counted_and_its_partition_moves_past_it():
     registry = CollectorRegistry()
-    states = {TopicPartition("llm", 0): SimpleNamespace(next_offset=5)}
+    states = {TopicPartition("llm", 0): SimpleNamespace(next_offset=5, events_since_checkpoint=0)}
     skip = skip_undecodable(Metrics(registry), states)
     skip("llm", 0, 5, 10)
     skip("llm", 1, 0, 3)  # not (or no longer) ours: counted only
     labels = {"topic": "llm", "action": "skip"}
     assert registry.get_sample_value("driftmon_messages_undecodable_total", labels) == 2.0
     assert states[TopicPartition("llm", 0)].next_offset == 10  # the checkpoint commits 10
+    # ... even when no record follows: the partition is due in the next checkpoint.
+    assert states[TopicPartition("llm", 0)].events_since_checkpoint == 1
 
 
 def _never(data: bytes) -> bytes:

@@ -359,9 +359,11 @@ class _Side:
         # The snapshot alone is one fixed sample: a fixed-size interval holds for it. Once
         # old values arrive after the opening, the old side grows: a sequence, tightest
         # around the snapshot's size.
+        # The two old-side intervals share its α/2, so that consulting both (the fixed one
+        # first, the sequence once the old side grows) stays within it.
         with np.errstate(divide="ignore", invalid="ignore"):
-            fixed = _z(a / 4.0) * np.sqrt(var_o / on)
-        m_o = np.where(self.old.n == 0, fixed, asymptotic_margin(on, var_o, a / 2.0, spec.t_old))
+            fixed = _z(a / 8.0) * np.sqrt(var_o / on)
+        m_o = np.where(self.old.n == 0, fixed, asymptotic_margin(on, var_o, a / 4.0, spec.t_old))
         lo, hi = (mean_n - m_n) - (mean_o + m_o), (mean_n + m_n) - (mean_o - m_o)
         if rare.any():
             r = int(rare.sum())
@@ -572,7 +574,12 @@ class Transition:
             self.input.update_intervals(self.t_opt, mode)
             self.input.decide(mode, self.min_events, self.new_events)
             self.confounded = any(v in ("changed", "breaking") for v in self.input.verdict)
-        verdicts = self.output.verdict
+        # Features with no value on either side (an endpoint that never reports latency
+        # or feedback) have nothing to decide: they do not hold back `unchanged`.
+        out = self.output
+        seen = ((out.compared(mode) > 0) | (out.old0[0] + out.old.n > 0)).tolist()
+        verdicts = [v for v, s in zip(out.verdict, seen, strict=True) if s]
+        guards = [g for g, s in zip(out.spec.guard_dir.tolist(), seen, strict=True) if s]
         if "breaking" in verdicts:
             verdict = "breaking"
         elif self.confounded:
@@ -591,8 +598,15 @@ class Transition:
         self.updated_at = timestamp if timestamp is not None else self.updated_at
         terminal = all(
             v in ("unchanged", "breaking") or (v == "changed" and g == 0)
-            for v, g in zip(verdicts, self.output.spec.guard_dir.tolist(), strict=True)
+            for v, g in zip(verdicts, guards, strict=True)
         )
+        if k_in:
+            # Not while the inputs are undecided: a prompt-mix difference found later
+            # would withdraw the verdict, and a closed transition no longer sees it.
+            seen_in = ((self.input.compared(mode) > 0) | (self.input.old0[0] > 0)).tolist()
+            terminal = terminal and all(
+                v != "collecting" for v, s in zip(self.input.verdict, seen_in, strict=True) if s
+            )
         if self.new_events >= self.max_events or (terminal and not self.confounded):
             self.closed = True
         return (self.verdict, self.confounded, self.mode) != before or self.closed

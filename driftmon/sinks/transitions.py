@@ -174,7 +174,8 @@ class TransitionPublisher:
                 )
                 for t in tracker.transitions():
                     self._show(tp, view, t, dirty)
-                    alert.add(t.key)
+                    if not t.closed:  # a closed one was told before the restart
+                        alert.add(t.key)
             self._count(view)
             for t in tracker.drain_changed() if drain else ():
                 report = self._show(tp, view, t, dirty)
