@@ -32,6 +32,7 @@ from typing import Any, Final, Literal
 
 import structlog
 
+from driftmon.core.monitor import detection_id
 from driftmon.core.units import describe_change
 from driftmon.metrics import Metrics
 from driftmon.settings import AlertmanagerSettings
@@ -579,6 +580,9 @@ def _annotations(
             f"({detector}, {onset}detected at event {key_events:,} of this key)"
         ),
         "detected_at": rfc3339(detected_at),
+        # The detection's stable id (as in the report, webhook and detections topic): a
+        # receiver can join the alert to the record whichever replica sent it.
+        "detection_id": detection_id(endpoint, model, feature, detector, key_events),
     }
 
 

@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from driftmon.alertmanager import AlertSender, error_kind, rfc3339, safe_url, ssl_context
+from driftmon.core.monitor import detection_id
 from driftmon.metrics import Metrics
 from driftmon.settings import AlertmanagerSettings
 
@@ -187,6 +188,9 @@ def test_payload_labels_annotations_and_times(
         "description": "output_chars: typical 412 characters → 1,030 characters "
         "(page_hinkley, 120 events since onset, detected at event 5,120 of this key)",
         "detected_at": "2023-11-14T22:13:20.000Z",
+        "detection_id": detection_id(
+            "support-chat", "gpt-4o", "output_chars", "page_hinkley", 5120
+        ),
     }
     assert chars["startsAt"] == "2023-11-14T22:13:20.000Z"
     assert chars["endsAt"] == rfc3339(clock.now + 4 * 30)
@@ -721,6 +725,9 @@ def test_fired_alert_shows_up_in_alertmanager(alertmanager: str, metrics: Metric
         "output_chars: typical 412 characters → 1,030 characters (page_hinkley, "
     )
     assert alert["annotations"]["detected_at"] == rfc3339(detected_at)
+    assert alert["annotations"]["detection_id"] == detection_id(
+        "support-chat", "gpt-4o", "output_chars", "page_hinkley", DETECTION["key_events"]
+    )
     assert alert["status"]["state"] in ("active", "unprocessed")
 
 
