@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import yaml
@@ -109,19 +109,23 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
 class Alertmanager:
     """A real Alertmanager process with a null receiver."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    NULL_RECEIVER: Final = (
+        "route:\n  receiver: 'null'\n  group_wait: 1s\n  group_interval: 1s\n"
+        "receivers:\n  - name: 'null'\n"
+    )
+
+    def __init__(self, workdir: Path, port: int | None = None, config: str | None = None) -> None:
+        """``config``: the alertmanager.yml text (default: one null receiver)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workdir = workdir
+        self.config = config or self.NULL_RECEIVER
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Alertmanager:
         self.workdir.mkdir(parents=True, exist_ok=True)
         cfg = self.workdir / "alertmanager.yml"
-        cfg.write_text(
-            "route:\n  receiver: 'null'\n  group_wait: 1s\n  group_interval: 1s\n"
-            "receivers:\n  - name: 'null'\n"
-        )
+        cfg.write_text(self.config)
         self.proc = subprocess.Popen(
             [
                 ALERTMANAGER,
