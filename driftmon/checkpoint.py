@@ -315,6 +315,7 @@ CHUNK_INDEX_HEADER: Final = "driftmon-chunk-index"
 CHUNK_COUNT_HEADER: Final = "driftmon-chunk-count"
 STATE_PRODUCE_TIMEOUT: Final = 30.0
 _STATE_END_POLL_MS: Final = 300
+STATE_READ_STALL_SECONDS: Final = 120.0  # no record this long before the end: give up
 
 
 def state_key(group: str, topic: str, partition: int, index: int = 0) -> bytes:
@@ -568,17 +569,25 @@ class KafkaCheckpointStore:
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
-        deadline = time.monotonic() + 120
+        # A large state partition takes as long as it takes: give up only when no record
+        # has arrived for STATE_READ_STALL_SECONDS (a broker that stopped answering), not
+        # after a fixed time (10 GB of snapshots read at 80 MB/s is two minutes).
+        deadline = time.monotonic() + STATE_READ_STALL_SECONDS
         while time.monotonic() < deadline:
             batch = consumer.poll(timeout_ms=_STATE_END_POLL_MS)
             for records in batch.values():
                 for rec in records:
                     assembler.add(rec.key, rec.value, dict(rec.headers or ()))
+            if batch:
+                deadline = time.monotonic() + STATE_READ_STALL_SECONDS
             # Stop at the end taken before reading, once a poll past it is empty.
-            if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
+            elif all(consumer.position(tp) >= ends[tp] for tp in tps):
                 break
         else:
-            raise StateTopicError(f"state topic {self.topic!r} not read to its end in 120 s")
+            raise StateTopicError(
+                f"state topic {self.topic!r}: no record for {STATE_READ_STALL_SECONDS:.0f} s "
+                "before its end"
+            )
         return assembler
 
 
