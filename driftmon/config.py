@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from driftmon.core.detectors import DetectorConfig
 from driftmon.core.features import ContractConfig, FeatureConfig
+from driftmon.core.inputs import AttributionConfig
 from driftmon.core.monitor import MonitorConfig
 from driftmon.core.pipeline import PipelineConfig
 from driftmon.core.transitions import Guard, TransitionConfig
@@ -30,6 +31,20 @@ def monitor_config(settings: Settings) -> MonitorConfig:
             page_hinkley=d.page_hinkley,
             adwin=d.adwin,
         ),
+        attribution=attribution_config(settings),
+    )
+
+
+def attribution_config(settings: Settings) -> AttributionConfig:
+    a = settings.attribution
+    return AttributionConfig(
+        enabled=a.enabled,
+        reference_events=a.reference_events,
+        k=a.k,
+        h=a.h,
+        confirm=a.confirm,
+        min_r2=a.min_r2,
+        version_share=a.version_share,
     )
 
 

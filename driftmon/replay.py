@@ -475,6 +475,12 @@ def summary_table(result: ReplayResult) -> str:
         out.append("no drift detected")
     else:
         out.extend(_detection_lines(result.detections))
+        inputs = sum(d.kind == "input_drift" for d in result.detections)
+        out.append(
+            f"{len(result.detections):,} detections: {len(result.detections) - inputs:,} "
+            f"model drift, {inputs:,} input drift (the prompt mix had moved first: "
+            "docs/attribution.md)"
+        )
     if result.transitions:
         out.append("")
         out.append("model transitions (driftmon changelog REPORT.json prints the changelog):")

@@ -129,6 +129,8 @@ class AlertmanagerSettings(Frozen):
     static_labels: dict[str, str] = {}
     severity: dict[str, str] = {}
     default_severity: str = "warning"
+    # Severity of LLMInputDrift: a detection of kind input_drift (docs/attribution.md).
+    input_drift_severity: str = "info"
     generator_url: str | None = None
 
     @field_validator("urls")
@@ -323,6 +325,51 @@ class TransitionSettings(Frozen):
     alert_hours: float = Field(24.0, gt=0)
 
 
+class AttributionSettings(Frozen):
+    """Input drift vs model drift (issue 16, docs/attribution.md): per key, the output
+    features are predicted from cheap features of the prompt; a detection made after the
+    prompt mix moved is ``kind: input_drift``, otherwise ``drift``. Keys whose events carry
+    no ``input``, ``input_tokens`` or ``prompt_version`` are unaffected."""
+
+    enabled: bool = Field(True, description="Attribute detections to the prompt mix.")
+    reference_events: int = Field(
+        1500,
+        ge=200,
+        le=100_000,
+        description="Events per key the input model is fitted on (again after each input "
+        "alarm); detections before the first fit are all 'drift'.",
+    )
+    k: float = Field(
+        0.25, gt=0, le=2, description="Input-channel CUSUM drift, in reference sds of ŷ."
+    )
+    h: float = Field(
+        30.0,
+        gt=0,
+        description="Input-channel CUSUM threshold, in reference sds of ŷ (measured: "
+        "benchmarks/prompt_mix.py).",
+    )
+    confirm: float = Field(
+        15.0,
+        gt=0,
+        description="At an output detection, an input-channel CUSUM at this level (below h) "
+        "also labels it input_drift: the prompt mix was already moving.",
+    )
+    min_r2: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="An output feature is watched on the input side when the prompt "
+        "features explain at least this share of its variance (cross-fitted).",
+    )
+    version_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="A prompt_version absent from the reference fires the input channel "
+        "when its share of the last ~50 events exceeds this (0: off).",
+    )
+
+
 class LoggingSettings(Frozen):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -371,6 +418,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     input: InputSettings = InputSettings()
     transitions: TransitionSettings = TransitionSettings()
+    attribution: AttributionSettings = AttributionSettings()
     logging: LoggingSettings = LoggingSettings()
     features: FeatureSettings = FeatureSettings()
     endpoints: dict[str, EndpointContract] = {}

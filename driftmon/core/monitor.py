@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import pickle
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,11 +21,13 @@ from driftmon.core.detectors import (
     update_streams,
 )
 from driftmon.core.embeddings import EmbeddingStream, Vector
+from driftmon.core.inputs import AttributionConfig, InputModel, Prompt
 from driftmon.core.transitions import TransitionTracker
 from driftmon.core.units import to_display, unit
 
-SNAPSHOT_VERSION = 3  # 2: warm-up buffers as float32, none for 0/1 features; 3: compiled
-# FeatureStream fields, embedding_distance fed as normal scores
+SNAPSHOT_VERSION = 4  # 2: warm-up buffers as float32, none for 0/1 features; 3: compiled
+# FeatureStream fields, embedding_distance fed as normal scores; 4: KeyState.inputs
+_RESTORABLE_VERSIONS = (3, SNAPSHOT_VERSION)  # a version-3 key restores without an input model
 
 
 @dataclass(slots=True)
@@ -98,6 +100,20 @@ class KeyState:
     last_seen: float | None = None
     streams: dict[str, FeatureStream] = field(default_factory=dict)
     embedding: EmbeddingStream | None = None
+    # The input side (driftmon.core.inputs), once the key's events carry prompt information
+    # and attribution is on.
+    inputs: InputModel | None = None
+
+    def input_drift(self, since_onset: int | None = None) -> bool:
+        """Whether a detection now (``since_onset``: its values since the change began) is
+        labelled ``input_drift``: the key's input channel has fired and its input model is
+        not yet fitted again on the new prompt mix, the channel is at its confirmation
+        level, or the change began before that fit (:meth:`InputModel.attributes_to_input`).
+        """
+        if self.inputs is None:
+            return False
+        onset = None if since_onset is None else self.events - since_onset + 1
+        return self.inputs.attributes_to_input(onset)
 
     def display(self, feature: str, value: float) -> float:
         """A stream's value (as fed to its detectors) in the feature's own unit, for
@@ -120,6 +136,9 @@ class MonitorConfig:
     events_per_false_alarm: float = 1_000_000.0
     max_keys: int = 10_000
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    # Not compared: a snapshot taken with other attribution settings (or before them)
+    # restores, its keys' input models kept.
+    attribution: AttributionConfig = field(default_factory=AttributionConfig, compare=False)
 
 
 class Monitor:
@@ -140,6 +159,9 @@ class Monitor:
         # Only the identities: a flood of new keys between two drains must not keep every
         # evicted key's detector state alive (memory bounded by max_keys, not by churn).
         self._evicted: list[tuple[str, str]] = []
+        # Exceptions raised by keys' input models (driftmon.core.inputs), by type: the key's
+        # input model was dropped and started again; its detections went on as "drift".
+        self.input_errors: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -213,14 +235,26 @@ class Monitor:
         now: float | None,
         *,
         count_event: bool = True,
+        prompt: Prompt | None = None,
     ) -> list[Detection]:
-        """Feed one event's features to its key; returns the detections it triggered."""
+        """Feed one event's features to its key; returns the detections it triggered.
+
+        ``prompt``: what the event tells about its prompt, ``(input, input_tokens,
+        prompt_version)`` (None when it carries none of them, or attribution is off); its
+        features are computed by the key's input model, a block of events at a time. A
+        detection is of kind ``input_drift`` when the key's input channel fired at or before
+        it (:meth:`KeyState.input_drift`), else ``drift``.
+        """
         state = self._key(endpoint, model, now)
         if count_event:
             state.events += 1
         alarms = update_streams(state.streams, features, state.target_arl, self.config.detector)
+        if prompt is not None and self.config.attribution.enabled:
+            self._observe_input(state, prompt, features)
         if not alarms:
             return []
+        since = [a.since_onset for a in alarms if a.since_onset >= 0]
+        kind = "input_drift" if self._input_drift(state, max(since, default=None)) else "drift"
         return [
             Detection(
                 endpoint,
@@ -233,10 +267,46 @@ class Monitor:
                 a.threshold,
                 state.events,
                 now,
+                kind=kind,
                 events_since_onset=a.since_onset if a.since_onset >= 0 else None,
             )
             for a in alarms
         ]
+
+    def _observe_input(self, state: KeyState, prompt: Prompt, features: dict[str, float]) -> None:
+        try:
+            if state.inputs is None:
+                state.inputs = InputModel(self.config.attribution)
+            state.inputs.observe(prompt, features, state.events)
+            if state.inputs.rebaseline_due:
+                self._rebaseline(state)
+        except Exception as exc:  # the input side must never cost the output side its
+            # detections: the key's input model starts again, the error is counted
+            state.inputs = None
+            self.input_errors[type(exc).__name__] += 1
+
+    def _input_drift(self, state: KeyState, since_onset: int | None = None) -> bool:
+        try:
+            drift = state.input_drift(since_onset)
+            if state.inputs is not None and state.inputs.rebaseline_due:
+                self._rebaseline(state)
+            return drift
+        except Exception as exc:  # as in _observe_input
+            state.inputs = None
+            self.input_errors[type(exc).__name__] += 1
+            return False
+
+    @staticmethod
+    def _rebaseline(state: KeyState) -> None:
+        """The key's input model is fitted on the new prompt mix after an input alarm: its
+        output detectors learn their reference again too, so a feature the mix moved that
+        has not fired yet does not page later as a model change."""
+        assert state.inputs is not None
+        state.inputs.rebaseline_due = False
+        for stream in state.streams.values():
+            stream.relearn()
+        if state.embedding is not None:
+            state.embedding.relearn()
 
     def update_embedding(
         self, endpoint: str, model: str, vector: Vector, now: float | None
@@ -275,6 +345,7 @@ class Monitor:
                     threshold,
                     state.events,
                     now,
+                    kind="input_drift" if self._input_drift(state) else "drift",
                 )
             )
             distance_stream = state.streams.get("embedding_distance")
@@ -310,14 +381,20 @@ class Monitor:
         except Exception as exc:  # e.g. a snapshot of classes laid out differently
             raise ValueError(f"snapshot unreadable ({type(exc).__name__}: {exc})") from exc
         version = payload.get("version") if isinstance(payload, dict) else None
-        if version != SNAPSHOT_VERSION:
+        if version not in _RESTORABLE_VERSIONS:
             raise ValueError(
                 f"snapshot version {version!r} is not {SNAPSHOT_VERSION}: start from scratch "
                 "or replay from the topic's retention"
             )
         if payload["config"] != self.config:
             raise ValueError("snapshot was taken with other detector settings")
-        self._keys = payload["keys"]
+        keys: OrderedDict[tuple[str, str], KeyState] = payload["keys"]
+        for state in keys.values():
+            if version == 3 or not self.config.attribution.enabled:
+                state.inputs = None  # version 3 predates the slot; off now: not kept
+            elif state.inputs is not None:
+                state.inputs.config = self.config.attribution
+        self._keys = keys
         self.keys_evicted = payload["keys_evicted"]
         saved = payload.get("transitions")
         if self.transitions is not None and isinstance(saved, TransitionTracker):

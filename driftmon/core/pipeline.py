@@ -10,6 +10,7 @@ from typing import Protocol
 from driftmon.core.embeddings import Vector
 from driftmon.core.events import Event, Rejection, parse_event
 from driftmon.core.features import FeatureConfig, FeatureExtractor
+from driftmon.core.inputs import Prompt
 from driftmon.core.monitor import Detection, Monitor, MonitorConfig
 from driftmon.core.transitions import Transition, TransitionConfig, TransitionTracker
 from driftmon.decoders import DEFAULT_ENDPOINT_FROM, Decoder, DecoderOptions, decoder
@@ -86,6 +87,7 @@ class Pipeline:
         if config.transitions.enabled:
             self.monitor.transitions = TransitionTracker(config.transitions)
         self._profile = self.monitor.profile
+        self._attribution = config.monitor.attribution.enabled
         self.max_bytes = config.max_message_bytes
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
@@ -159,6 +161,11 @@ class Pipeline:
             if self._only is not None:
                 features = {k: v for k, v in features.items() if k in self._only}
             ts = parsed.timestamp if parsed.timestamp is not None else default_timestamp
+            prompt: Prompt | None = None
+            if self._attribution and parsed.kind == "completion":
+                text, tokens, version = parsed.input, parsed.input_tokens, parsed.prompt_version
+                if text is not None or tokens is not None or version is not None:
+                    prompt = (text, tokens, version)
             # A key's event count is its answers: feedback events update its feedback
             # stream but are not answers (alert texts say "at event N of this key").
             detections = self.monitor.update(
@@ -167,6 +174,7 @@ class Pipeline:
                 features,
                 ts,
                 count_event=parsed.kind == "completion",
+                prompt=prompt,
             )
             for d in detections:
                 d.event_index = index
