@@ -38,6 +38,7 @@ from driftmon.metrics import Metrics
 from driftmon.settings import AlertmanagerSettings
 
 ALERTNAME: Final = "LLMOutputDrift"
+INPUT_DRIFT_ALERTNAME: Final = "LLMInputDrift"  # an output drift explained by the inputs
 TRANSITION_ALERTNAME: Final = "LLMModelTransition"
 MAX_ALERTS_PER_POST: Final = 1000
 # Firing alerts carry endsAt this many resend intervals ahead, so a crashed driftmon's alerts
@@ -49,8 +50,9 @@ FAILURE_LOG_INTERVAL: Final = 30.0
 log = structlog.get_logger(__name__)
 
 AlertKey = tuple[str, ...]
-"""The identity of one alert: ``(endpoint, model, feature)`` for a drift; other alerts
-(:meth:`AlertSender.fire_alert`) use keys of another length, so the two never meet."""
+"""The identity of one alert: ``(endpoint, model, feature)`` for a model drift,
+``("LLMInputDrift", endpoint, model, feature)`` for an input drift; other alerts
+(:meth:`AlertSender.fire_alert`) use keys of other lengths, so they never meet."""
 
 Outcome = Literal["ok", "error", "rejected"]
 
@@ -341,6 +343,7 @@ class AlertSender:
         key_events: int,
         events_since_onset: int | None,
         detected_at: float,
+        kind: str = "drift",
     ) -> None:
         """Mark the alert firing and queue it; a re-fire updates annotations, keeps startsAt.
 
@@ -348,16 +351,20 @@ class AlertSender:
         ``detected_at`` (epoch seconds) becomes startsAt and the ``detected_at`` annotation;
         ``key_events`` is the key's event count at the detection, ``events_since_onset``
         the detector's estimate of how long the change has been going on (None: none).
+        ``kind`` ``"input_drift"`` (explained by a change of inputs) fires
+        ``LLMInputDrift`` at ``input_drift_severity`` instead of ``LLMOutputDrift``; a
+        re-fire of another kind resolves the alert of the old kind first (the labels
+        differ: Alertmanager would keep both).
         """
-        key = (endpoint, model, feature)
-        self.fire_alert(
-            key,
-            self._labels(key),
-            _annotations(
-                key, detector, baseline, current, key_events, events_since_onset, detected_at
-            ),
-            detected_at,
+        drift = (endpoint, model, feature)
+        key, other = _drift_keys(drift, kind)
+        self.resolve_alert(other)  # no-op unless the other kind is firing
+        annotations = _annotations(
+            drift, detector, baseline, current, key_events, events_since_onset, detected_at
         )
+        if kind == "input_drift":
+            annotations["summary"] += " (explained by a change of inputs)"
+        self.fire_alert(key, self._labels(drift, kind), annotations, detected_at)
 
     def fire_alert(
         self,
@@ -387,7 +394,8 @@ class AlertSender:
 
     def resolve(self, endpoint: str, model: str, feature: str) -> None:
         """Post the alert once with endsAt = now (kept until delivered); no-op if not firing."""
-        self.resolve_alert((endpoint, model, feature))
+        for key in _drift_keys((endpoint, model, feature), "drift"):
+            self.resolve_alert(key)
 
     def resolve_alert(self, key: AlertKey) -> None:
         """:meth:`resolve` for any key."""
@@ -410,7 +418,8 @@ class AlertSender:
         """Stop re-sending a firing alert without resolving it (its key moved to another
         consumer or away from this one): the last ``endsAt`` sent lets it expire unless
         the key's new owner fires it again."""
-        self.forget_alert((endpoint, model, feature))
+        for key in _drift_keys((endpoint, model, feature), "drift"):
+            self.forget_alert(key)
 
     def forget_alert(self, key: AlertKey) -> None:
         """:meth:`forget` for any key."""
@@ -471,13 +480,17 @@ class AlertSender:
         for target in self._targets:
             target.cond.notify_all()
 
-    def _labels(self, key: AlertKey) -> dict[str, str]:
+    def _labels(self, key: AlertKey, kind: str = "drift") -> dict[str, str]:
         endpoint, model, feature = key
-        severity = self.settings.severity.get(feature, self.settings.default_severity)
+        if kind == "input_drift":
+            alertname, severity = INPUT_DRIFT_ALERTNAME, self.settings.input_drift_severity
+        else:
+            alertname = ALERTNAME
+            severity = self.settings.severity.get(feature, self.settings.default_severity)
         # The identifying labels win over a static label of the same name.
         return {
             **self.settings.static_labels,
-            "alertname": ALERTNAME,
+            "alertname": alertname,
             "endpoint": endpoint,
             "model": model,
             "feature": feature,
@@ -555,6 +568,14 @@ class AlertSender:
                 pending[1].discard(target)
                 if not pending[1]:
                     del self._pending_resolves[alert.key]
+
+
+def _drift_keys(drift: AlertKey, kind: str) -> tuple[AlertKey, AlertKey]:
+    """The alert key of a drift of ``kind``, and of the other kind. An input drift's alert
+    has labels of its own (``LLMInputDrift``), so it is a separate alert, keyed apart: a
+    drift that changes kind resolves the one alert and fires the other."""
+    explained: AlertKey = (INPUT_DRIFT_ALERTNAME, *drift)
+    return (explained, drift) if kind == "input_drift" else (drift, explained)
 
 
 def _annotations(

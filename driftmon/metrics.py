@@ -70,6 +70,12 @@ class Metrics:
         self.drift_active = gauge(
             "driftmon_drift_active", "1 while the feature is in drift, else 0.", _FEATURE
         )
+        self.input_drift_active = gauge(
+            "driftmon_input_drift_active",
+            "1 while the feature's drift is explained by a change of inputs (LLMInputDrift; "
+            "driftmon_drift_active stays 0), else 0.",
+            _FEATURE,
+        )
         self.drift_detections = counter("driftmon_drift_detections", "Drift detections.", _DETECTOR)
         self.last_detection_timestamp = gauge(
             "driftmon_last_detection_timestamp_seconds",
@@ -211,6 +217,7 @@ class Metrics:
         detectors = list(detectors)
         for feature in features:
             _remove(self.drift_active, endpoint, model, feature)
+            _remove(self.input_drift_active, endpoint, model, feature)
             _remove(self.last_detection_timestamp, endpoint, model, feature)
             for detector in detectors:
                 _remove(self.drift_detections, endpoint, model, feature, detector)

@@ -48,7 +48,11 @@ class MetricsRefresh:
         # Value and baseline with the drift flag, not at the next refresh: rules that
         # describe an active drift read them together.
         m.key_series.pin(labels, drift.current, drift.baseline)
-        m.drift_active.labels(*labels).set(1)
+        # A drift explained by the inputs is flagged apart: rules that page on
+        # driftmon_drift_active page on model drift only.
+        explained = drift.kind == "input_drift"
+        m.drift_active.labels(*labels).set(0 if explained else 1)
+        m.input_drift_active.labels(*labels).set(1 if explained else 0)
         self.drift_series.setdefault((drift.endpoint, drift.model), set()).add(
             (drift.feature, drift.detector)
         )
@@ -60,6 +64,7 @@ class MetricsRefresh:
         key was evicted or dropped): a flag set again then would never be removed."""
         if (drift.endpoint, drift.model) in self.drift_series:
             self.metrics.drift_active.labels(*drift.key).set(0)
+            self.metrics.input_drift_active.labels(*drift.key).set(0)
         else:
             self.metrics.remove_key(drift.endpoint, drift.model, {drift.feature}, ())
 

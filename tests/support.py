@@ -52,6 +52,9 @@ SPEC_METRICS = (
     "driftmon_alerts_sent_total",
     # SPEC §7
     "driftmon_transition_verdict",
+    # SPEC §7 asks that metrics show a drift's cause; the name is the project's, listed
+    # as a contract addition in docs/spec.md.
+    "driftmon_input_drift_active",
 )
 
 

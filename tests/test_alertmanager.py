@@ -701,6 +701,33 @@ def am_alerts(base: str) -> list[dict[str, Any]]:
         return alerts
 
 
+def test_an_input_drift_fires_llm_input_drift_and_a_model_drift_replaces_it(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    recorder = Recorder()
+    clock = Clock()
+    with recording_server(recorder) as url:
+        settings = AlertmanagerSettings(urls=[url], severity={"output_chars": "critical"})
+        with sender(settings, metrics, clock=clock) as alerts:
+            alerts.fire("chat", "m1", "output_chars", **DETECTION, kind="input_drift")
+            wait_for(lambda: len(recorder.requests) == 1)
+            clock.now += 60
+            # The model drifts too: the input-drift alert resolves, LLMOutputDrift fires.
+            alerts.fire("chat", "m1", "output_chars", **DETECTION)
+            wait_for(lambda: sum(len(body) for _, body in recorder.requests) == 3)
+    sent_alerts = [a for _, body in recorder.requests for a in body]
+    first, *rest = sent_alerts
+    assert first["labels"]["alertname"] == "LLMInputDrift"
+    assert first["labels"]["severity"] == "info"  # alertmanager.input_drift_severity
+    assert first["annotations"]["summary"].endswith("(explained by a change of inputs)")
+    by_name = {a["labels"]["alertname"]: a for a in rest}
+    assert by_name["LLMInputDrift"]["endsAt"] == rfc3339(clock.now)  # resolved
+    assert by_name["LLMOutputDrift"]["labels"]["severity"] == "critical"
+    assert "endsAt" not in by_name["LLMOutputDrift"] or by_name["LLMOutputDrift"][
+        "endsAt"
+    ] > rfc3339(clock.now)
+
+
 @pytest.mark.integration
 @needs_alertmanager
 def test_fired_alert_shows_up_in_alertmanager(alertmanager: str, metrics: Metrics) -> None:

@@ -40,6 +40,7 @@ def test_every_spec_metric_is_exposed_under_its_spec_name(
     metrics.key_series.publish(*_snapshot(("chat", "m1")))
     metrics.consumer_lag.labels("llm-outputs", "0").set(3)
     metrics.transition_verdict.labels("chat", "m1", "m2", "changed").set(1)
+    metrics.input_drift_active.labels("chat", "m1", "refusal").set(1)
     exposed = {sample.name for family in registry.collect() for sample in family.samples}
     for name in SPEC_NAMES:
         assert name in exposed or f"{name}_count" in exposed, name

@@ -53,6 +53,21 @@ def test_a_dropped_partitions_drift_flag_goes_though_its_key_lives_in_another(da
     assert _flag(daemon, "m1") in (0, None)  # not paging for a drift nobody watches
 
 
+def test_an_input_drift_is_flagged_apart_and_never_as_a_model_drift(daemon):
+    state = daemon._new_state()
+    daemon.partitions[A] = state
+    state.pipeline.monitor.update("chat", "m1", {"refusal": 0.0}, None)
+    labels = {"endpoint": "chat", "model": "m1", "feature": "refusal"}
+    explained = ActiveDrift(**{**_drift("m1").__dict__, "kind": "input_drift"})
+    daemon._activate(explained, state)
+    value = daemon.registry.get_sample_value
+    assert (_flag(daemon, "m1"), value("driftmon_input_drift_active", labels)) == (0, 1)
+    daemon._activate(_drift("m1"), state)  # the same feature, now a model drift
+    assert (_flag(daemon, "m1"), value("driftmon_input_drift_active", labels)) == (1, 0)
+    daemon.processor.series.drift_resolved(_drift("m1"))
+    assert (_flag(daemon, "m1"), value("driftmon_input_drift_active", labels)) == (0, 0)
+
+
 def test_a_resolved_drift_of_an_evicted_key_leaves_no_flag_behind(daemon):
     state = daemon._new_state()
     daemon.partitions[A] = state

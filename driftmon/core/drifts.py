@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 DriftKey = tuple[str, str, str]
 """(endpoint, model, feature): the identity of one drift (and of its alert)."""
 
+DRIFT_KINDS: Final = ("drift", "input_drift")
+"""A detection's cause (SPEC §7): the model changed, or the inputs did."""
+
 
 class InvalidDriftEntry(ValueError):
     """A serialised drift (:meth:`ActiveDrift.from_json`) that is not one."""
@@ -57,6 +60,8 @@ class ActiveDrift:
     events_since_onset: int | None  # Detection.events_since_onset
     detected_at: float  # epoch seconds, event time when known: the alert's startsAt
     since: float  # the caller's time of the (re-)fire: min_active counts from here
+    # Detection.kind: "drift" (the model) or "input_drift" (explained by the inputs).
+    kind: str = "drift"
 
     @classmethod
     def from_detection(cls, det: Detection, *, detected_at: float, since: float) -> ActiveDrift:
@@ -71,6 +76,7 @@ class ActiveDrift:
             events_since_onset=det.events_since_onset,
             detected_at=detected_at,
             since=since,
+            kind=det.kind,
         )
 
     @property
@@ -87,7 +93,11 @@ class ActiveDrift:
     @classmethod
     def from_json(cls, raw: Any) -> ActiveDrift:
         """The inverse of :meth:`to_json`; :class:`InvalidDriftEntry` for anything else."""
-        if not isinstance(raw, dict) or set(raw) != _DRIFT_FIELDS:
+        # Checkpoints written before drifts had a kind hold model drifts.
+        if not isinstance(raw, dict) or set(raw) | {"kind"} != _DRIFT_FIELDS:
+            raise InvalidDriftEntry(f"bad drift entry {raw!r}")
+        kind = raw.get("kind", "drift")
+        if kind not in DRIFT_KINDS:
             raise InvalidDriftEntry(f"bad drift entry {raw!r}")
         strings = ("endpoint", "model", "feature", "detector")
         numbers = ("baseline", "current", "detected_at", "since")
@@ -114,6 +124,7 @@ class ActiveDrift:
             events_since_onset=onset,
             detected_at=detected_at,
             since=since,
+            kind=kind,
         )
 
 

@@ -27,6 +27,7 @@ class AlertmanagerSink(Sink):
             key_events=drift.key_events,
             events_since_onset=drift.events_since_onset,
             detected_at=drift.detected_at,
+            kind=drift.kind,
         )
 
     def resolve(self, drift: ActiveDrift) -> None:

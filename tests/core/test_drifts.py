@@ -88,3 +88,12 @@ def test_json_round_trip_and_rejects():
     assert math.isnan(ActiveDrift.from_json(unknown.to_json()).current)
     with pytest.raises(InvalidDriftEntry, match="drift"):
         ActiveDrift.from_json({**drift.to_json(), "key_events": 1.5})
+
+
+def test_the_kind_round_trips_and_old_entries_are_model_drifts():
+    explained = ActiveDrift(**{**_drift().__dict__, "kind": "input_drift"})
+    assert ActiveDrift.from_json(explained.to_json()) == explained
+    old = {k: v for k, v in _drift().to_json().items() if k != "kind"}  # an older checkpoint
+    assert ActiveDrift.from_json(old).kind == "drift"
+    with pytest.raises(InvalidDriftEntry, match="drift"):
+        ActiveDrift.from_json({**explained.to_json(), "kind": "prompt"})

@@ -143,6 +143,7 @@ def test_key_scoped_queries_follow_the_variables() -> None:
         "driftmon_detector_statistic",
         "driftmon_detector_threshold",
         "driftmon_drift_active",
+        "driftmon_input_drift_active",
         "driftmon_last_detection_timestamp_seconds",
     }
     for panel in data_panels():
@@ -187,6 +188,15 @@ def test_model_transitions_are_a_table_of_current_verdicts() -> None:
     (target,) = table["targets"]
     expr = target["expr"]
     assert "by (endpoint, from_model, to_model, verdict)" in expr
+    assert expr.rstrip().endswith("== 1") and '$endpoint"' in expr
+    assert target["instant"] is True and target["format"] == "table"
+
+
+def test_input_drifts_are_a_table_apart_from_model_drifts() -> None:
+    table = panel_with("driftmon_input_drift_active", kind="table")
+    (target,) = table["targets"]
+    expr = target["expr"]
+    assert "by (endpoint, model, feature)" in expr and "driftmon_drift_active" not in expr
     assert expr.rstrip().endswith("== 1") and '$endpoint"' in expr
     assert target["instant"] is True and target["format"] == "table"
 
