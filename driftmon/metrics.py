@@ -68,7 +68,9 @@ class Metrics:
             "driftmon_events_rejected", "Rejected input records, by reason code.", ("reason",)
         )
         self.drift_active = gauge(
-            "driftmon_drift_active", "1 while the feature is in drift, else 0.", _FEATURE
+            "driftmon_drift_active",
+            "1 while the feature is in drift attributed to the model, else 0.",
+            _FEATURE,
         )
         self.input_drift_active = gauge(
             "driftmon_input_drift_active",
