@@ -170,6 +170,12 @@ class Metrics:
             "(a response seen twice, e.g. a span and its details event).",
             ("reason",),
         )
+        self.attribution_errors = counter(
+            "driftmon_attribution_errors",
+            "Keys whose input model (attribution: input vs model drift) raised and was started "
+            "again, by exception type; their detections went on, labelled 'drift'.",
+            ("error",),
+        )
         # Issue 12: version transitions (SPEC §7).
         self.transition_verdict = gauge(
             "driftmon_transition_verdict",

@@ -14,6 +14,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+import structlog
 from kafka import TopicPartition
 
 from driftmon.core.detectors import DETECTORS
@@ -21,6 +22,8 @@ from driftmon.core.drifts import ActiveDrift
 from driftmon.metrics import Metrics
 from driftmon.partitions import PartitionState
 from driftmon.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 class MetricsRefresh:
@@ -130,6 +133,12 @@ class MetricsRefresh:
             for reason, count in (skipped - pipeline.skipped_reported).items():
                 m.input_skipped.labels(reason).inc(count)
             pipeline.skipped_reported = Counter(skipped)
+            errors = pipeline.monitor.input_errors
+            for error, count in (errors - pipeline.input_errors_reported).items():
+                m.attribution_errors.labels(error).inc(count)
+                # The exception type only: its message could quote a prompt.
+                log.warning("attribution input model failed; restarted", error=error, keys=count)
+            pipeline.input_errors_reported = Counter(errors)
             high = highwater(tp)
             pos = state.next_offset
             if high is not None and pos is not None:

@@ -68,6 +68,27 @@ def test_an_input_drift_is_flagged_apart_and_never_as_a_model_drift(daemon):
     assert (_flag(daemon, "m1"), value("driftmon_input_drift_active", labels)) == (0, 0)
 
 
+def test_input_model_errors_are_counted_once_by_type(daemon):
+    state = daemon._new_state()
+    daemon.partitions[A] = state
+    state.pipeline.monitor.input_errors["LinAlgError"] += 2  # what Monitor counts on a raise
+
+    def refresh() -> None:
+        daemon.processor.series.refresh(
+            [(A, state)],
+            evicted=lambda keys: None,
+            resolve=lambda s: None,
+            highwater=lambda tp: None,
+        )
+
+    refresh()
+    refresh()  # nothing new: not counted again
+    state.pipeline.monitor.input_errors["LinAlgError"] += 1
+    refresh()
+    value = daemon.registry.get_sample_value
+    assert value("driftmon_attribution_errors_total", {"error": "LinAlgError"}) == 3
+
+
 def test_a_resolved_drift_of_an_evicted_key_leaves_no_flag_behind(daemon):
     state = daemon._new_state()
     daemon.partitions[A] = state

@@ -94,6 +94,8 @@ class Pipeline:
         # Items of a message skipped without being an error (OTLP spans that are not model
         # answers, a response seen twice), as already counted by the metrics refresh.
         self.skipped_reported: Counter[str] = Counter()
+        # The monitor's input-model errors (Monitor.input_errors) already counted.
+        self.input_errors_reported: Counter[str] = Counter()
         self.embedding_errors: Counter[str] = Counter()
 
     def _feature_count(self, endpoint: str) -> int:
