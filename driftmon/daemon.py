@@ -40,7 +40,7 @@ from driftmon.checkpoint import (
 from driftmon.core import compiled_label
 from driftmon.core.monitor import Detection, Monitor
 from driftmon.embedding import EmbeddingPath
-from driftmon.kafka import KAFKA_BOOTSTRAP_DEADLINE_SECONDS, KAFKA_RETRY_DEADLINE_SECONDS
+from driftmon.kafka import KAFKA_RETRY_DEADLINE_SECONDS
 from driftmon.metrics import Metrics, serve
 from driftmon.partitions import Listener, Partitions, PartitionState
 from driftmon.processing import Processor
@@ -211,7 +211,7 @@ class Daemon:
                     (
                         KAFKA_RETRY_DEADLINE_SECONDS
                         if self._consumer is not None
-                        else KAFKA_BOOTSTRAP_DEADLINE_SECONDS
+                        else self.settings.kafka.bootstrap_timeout_seconds
                     )
                     if kafka_io.retriable(exc)
                     else 0
@@ -244,7 +244,7 @@ class Daemon:
         """Producer and consumer, built on a helper thread so that a signal ends the wait
         for an unreachable broker; False when an exit was requested first."""
         k = self.settings.kafka
-        timeout_ms = int(KAFKA_BOOTSTRAP_DEADLINE_SECONDS * 1000)
+        timeout_ms = int(k.bootstrap_timeout_seconds * 1000)
         built: dict[str, Any] = {}
 
         def build() -> None:

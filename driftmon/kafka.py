@@ -32,10 +32,6 @@ log = structlog.get_logger(__name__)
 # retried, with exponential back-off, before the daemon gives up: bootstrap, offset commits,
 # producer flushes, offset look-ups.
 KAFKA_RETRY_DEADLINE_SECONDS: Final = 300.0
-# At start-up a broker that never answers (a wrong address, a refused certificate) is more
-# likely a configuration error than an outage: give up sooner, and let the orchestrator
-# restart the process with its own back-off.
-KAFKA_BOOTSTRAP_DEADLINE_SECONDS: Final = 60.0
 RETRY_BACKOFF_SECONDS: Final = (0.5, 10.0)  # first and longest pause between attempts
 PRODUCER_FLUSH_TIMEOUT: Final = 30.0
 

@@ -81,6 +81,9 @@ class KafkaSettings(Frozen):
     session_timeout_ms: int = Field(10000, ge=1000)
     heartbeat_interval_ms: int = Field(3000, ge=100)
     max_message_bytes: int = Field(1_000_000, ge=1)
+    # How long start-up waits for a broker that does not answer (a wrong address, a refused
+    # certificate) before exiting 1: a configuration error more likely than an outage.
+    bootstrap_timeout_seconds: float = Field(60.0, gt=0)
 
     @field_validator("bootstrap_servers", mode="before")
     @classmethod

@@ -104,12 +104,18 @@ def test_the_daemon_consumes_and_produces_over_mutual_tls(tls_broker, tmp_path):
 def test_an_untrusted_broker_certificate_is_refused_and_the_log_says_why(tls_broker, tmp_path):
     bootstrap, pki = tls_broker
     cfg = daemon_settings(bootstrap, TOPIC, tmp_path / "state", "driftmon-tls", {})
-    cfg["kafka"].update({**client_tls(pki), "ssl_cafile": str(other_ca(tmp_path / "other"))})
+    cfg["kafka"].update(
+        {
+            **client_tls(pki),
+            "ssl_cafile": str(other_ca(tmp_path / "other")),
+            "bootstrap_timeout_seconds": 15,  # the default 60 s would only slow the test
+        }
+    )
     with running(DaemonProcess(tmp_path, cfg)) as daemon:
         # kafka-python's own error, which it logs only through stdlib logging, reaches
         # driftmon's log: the operator sees the cause, not just a bootstrap timeout.
         wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in daemon.log.read_text(), timeout=20)
         assert http_get(f"{daemon.url}/readyz")[0] == 503
         assert daemon.events_seen() == 0
-        assert daemon.wait(timeout=90) == 1  # bootstrap gives up: a fatal error
+        assert daemon.wait(timeout=60) == 1  # bootstrap gives up: a fatal error
     assert '"logger": "kafka.net' in daemon.log.read_text()
