@@ -1,15 +1,16 @@
 """Builds the compiled hot path; everything else is in pyproject.toml.
 
-``driftmon/core/detectors.py`` is compiled by Cython with the types in its ``.pxd``. The
-extension is optional: without a C compiler the install still succeeds and the same
-module runs as plain Python, several times slower per event (``driftmon check-config``
-and the ``driftmon_build_info`` metric say which one is running).
+Each module of ``COMPILED`` (``driftmon/core/detectors.py``, ...) is compiled by Cython
+with the types in its ``.pxd``. The extension is optional: without a C compiler the
+install still succeeds and the same module runs as plain Python, several times slower per
+event (``driftmon check-config`` and the ``driftmon_build_info`` metric say which one is
+running).
 """
 
 from setuptools import Extension, setup
 
-# The per-event path: parse, features, detectors.
-COMPILED = ("events", "features", "detectors")  # driftmon.core.COMPILED_MODULES
+# The per-event path: parse, features, detectors, the prompt features of attribution.
+COMPILED = ("events", "features", "detectors", "inputs")  # driftmon.core.COMPILED_MODULES
 
 try:
     from Cython.Build import cythonize

@@ -27,13 +27,12 @@ import argparse
 import json
 import pickle
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from driftmon.config import pipeline_config
+from driftmon.core.inputs import InputModel
 from driftmon.core.pipeline import Pipeline
 from driftmon.settings import Settings
 
@@ -169,44 +168,35 @@ def scenario_rows(seeds: int, data_dir: Path, settings: Settings, off: Settings)
 
 
 def cost(data_dir: Path, settings: Settings, off: Settings, repeats: int) -> dict[str, Any]:
-    """µs per Pipeline.process, attribution on vs off, interleaved by chunks of 200 events."""
+    """µs per Pipeline.process, attribution on vs off, interleaved by chunks of 200 events
+    (``benchmarks/attribution_cost.py``, which also has the synthetic workload), and the
+    input model's pickled size per key."""
+    from attribution_cost import interleaved
+
     a = load("gpt4_0314", data_dir)
     lines = stream(a, a, (-1.0, -1.0), 99)
-    warm = Pipeline(pipeline_config(settings))
-    for index, line in enumerate(lines):  # the detectors' calibration cache, both arms
-        warm.process(line, index)
-    ratios, on_us, off_us = [], [], []
     sizes: dict[str, int] = {}
-    for rep in range(repeats):
-        arms = {"on": Pipeline(pipeline_config(settings)), "off": Pipeline(pipeline_config(off))}
-        spent = {"on": 0.0, "off": 0.0}
-        for c, start in enumerate(range(0, len(lines), 200)):
-            order = ("on", "off") if (c + rep) % 2 else ("off", "on")
-            for arm in order:
-                pipeline = arms[arm]
-                t0 = time.perf_counter()
-                for index in range(start, start + 200):
-                    pipeline.process(lines[index], index)
-                spent[arm] += time.perf_counter() - t0
-            if start == 1200:  # 1 400 events: inside the reference (1 500), the largest state
-                state = arms["on"].monitor.get("assistant", "production")
-                assert state is not None
-                sizes["input_model_bytes_during_reference"] = len(pickle.dumps(state.inputs))
-        on_us.append(spent["on"] / len(lines) * 1e6)
-        off_us.append(spent["off"] / len(lines) * 1e6)
-        ratios.append(spent["on"] / spent["off"])
-        state = arms["on"].monitor.get("assistant", "production")
-        plain = arms["off"].monitor.get("assistant", "production")
+
+    def probe(start: int, pipelines: dict[str, Pipeline]) -> None:
+        state = pipelines["on"].monitor.get("assistant", "production")
+        plain = pipelines["off"].monitor.get("assistant", "production")
         assert state is not None and plain is not None
-        sizes["input_model_bytes_fitted"] = len(pickle.dumps(state.inputs))
-        sizes["key_state_bytes_on"] = len(pickle.dumps(state))
-        sizes["key_state_bytes_off"] = len(pickle.dumps(plain))
+        if start == 1200:  # 1 400 events: inside the reference (1 500), the largest state
+            sizes["input_model_bytes_during_reference"] = len(pickle.dumps(state.inputs))
+        if start + 200 >= len(lines):
+            sizes["input_model_bytes_fitted"] = len(pickle.dumps(state.inputs))
+            sizes["key_state_bytes_on"] = len(pickle.dumps(state))
+            sizes["key_state_bytes_off"] = len(pickle.dumps(plain))
+
+    arms = {"off": (off, InputModel), "on": (settings, InputModel)}
+    timed = interleaved(lines, arms, rounds=repeats, probe=probe)
     return {
         "events_per_run": len(lines),
         "repeats": repeats,
-        "us_per_event_on": [round(v, 1) for v in on_us],
-        "us_per_event_off": [round(v, 1) for v in off_us],
-        "median_ratio_on_off": round(statistics.median(ratios), 3),
+        "us_per_event_on": timed["us_per_event"]["on"],
+        "us_per_event_off": timed["us_per_event"]["off"],
+        "median_ratio_on_off": timed["ratio_on_off"]["median"],
+        "ratio_on_off_range": [timed["ratio_on_off"]["min"], timed["ratio_on_off"]["max"]],
         **sizes,
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from importlib.machinery import EXTENSION_SUFFIXES
 
-COMPILED_MODULES = ("events", "features", "detectors")
+COMPILED_MODULES = ("events", "features", "detectors", "inputs")
 
 
 def compiled_modules() -> dict[str, bool]:

@@ -1,3 +1,5 @@
+# cython: wraparound=True
+# (Compiled like the per-event modules, but its array code indexes from the end.)
 """The input side of a key: what the prompt mix predicts about the outputs (issue 16).
 
 A change in the prompt mix (a campaign, a new feature, another time zone) moves the output
@@ -43,9 +45,11 @@ detected change began before the fit that followed the last input alarm; otherwi
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache, reduce
+from importlib.machinery import EXTENSION_SUFFIXES
 from operator import or_
 from typing import Any, Final
 
@@ -149,6 +153,45 @@ _BIT_SHIFTS: Final = np.arange(_TOKENS_AT - _FLAGS_AT)
 _WORD_TABLE: Final = bytes(
     b if (b == 0 or 48 <= b <= 57 or 97 <= b <= 122 or b >= 128) else 32 for b in range(256)
 )
+# For _scan: per byte its class (NUL a space, as _count makes it), and for a word byte its
+# lower-case value (0: not a word byte).
+_SCAN_CLASS: Final = bytes(1 if b == 0 else int(_CLASS_OF[b]) for b in range(256))
+_SCAN_WORD: Final = bytes(
+    b + 32 if 65 <= b <= 90 else b if (48 <= b <= 57 or 97 <= b <= 122 or b >= 128) else 0
+    for b in range(256)
+)
+# The words of _WORD_BITS and _FIRST as an open-addressing table that _scan reads without
+# making a Python object per word: slot = FNV-1a hash of the word & (_SLOTS - 1), then the
+# next slots; per slot the word (_SLOT_BYTES bytes, zero-padded), its length (0: empty), its
+# lexicon bits and its first-word bits (wh 1, aux 2).
+_SLOTS: Final = 512
+_SLOT_BYTES: Final = 16
+
+
+def _fnv1a(word: bytes) -> int:
+    h = 2166136261
+    for c in word:
+        h = (h ^ c) * 16777619 & 0xFFFFFFFF
+    return h
+
+
+def _slot_table() -> tuple[bytes, bytes, NDArray[np.int64], bytes]:
+    words, lengths = bytearray(_SLOTS * _SLOT_BYTES), bytearray(_SLOTS)
+    lex, first = np.zeros(_SLOTS, np.int64), bytearray(_SLOTS)
+    for word in {*_WORD_BITS, *_FIRST}:
+        assert 0 < len(word) < _SLOT_BYTES
+        slot = _fnv1a(word) & (_SLOTS - 1)
+        while lengths[slot]:
+            slot = (slot + 1) & (_SLOTS - 1)
+        words[slot * _SLOT_BYTES : slot * _SLOT_BYTES + len(word)] = word
+        lengths[slot] = len(word)
+        lex[slot], first[slot] = _WORD_BITS.get(word, 0), _FIRST.get(word, 0)
+    return bytes(words), bytes(lengths), lex, bytes(first)
+
+
+_SLOT_WORDS, _SLOT_LENGTHS, _SLOT_LEX, _SLOT_FIRST = _slot_table()
+# The Cython extension is loaded (see setup.py), not this source.
+_COMPILED: Final = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 
 
 def prompt_block(texts: list[str | None], tokens: list[int | None]) -> tuple[FloatArray, Any]:
@@ -163,14 +206,36 @@ def _block(
     heads: Sequence[str], lengths: Sequence[int], tokens: Sequence[int]
 ) -> tuple[FloatArray, Any]:
     """:func:`prompt_block` of the prompts' heads (``HEAD_CHARS``), lengths and token counts
-    (0: none). The counting is done over all the heads at once (one buffer, one byte-class
-    bincount); per prompt, the Python work is a split and a set intersection of its first
-    words."""
+    (0: none). The counts are :func:`_scan`'s when compiled (one pass over each head's
+    bytes), :func:`_count`'s as plain Python (array passes over the whole block, none
+    without text): the same numbers."""
+    n = len(heads)
+    if _COMPILED:
+        x, fold_of = np.zeros((n, N_PROMPT_FEATURES)), np.empty(n)
+        _scan(x, heads, lengths, tokens, fold_of)
+    else:
+        x = _count(heads, lengths, tokens)
+        fold_of = x[:, 1] + 3 * x[:, 2] + x[:, _TOKENS_AT]
+    # Not a hash of the text (a C call per prompt): a function of it all the same.
+    folds = fold_of.astype(np.int64) % FOLDS
+    np.log1p(x[:, 1:9], out=x[:, 1:9])
+    np.log1p(x[:, _TOKENS_AT], out=x[:, _TOKENS_AT])
+    return x, folds
+
+
+def _count(heads: Sequence[str], lengths: Sequence[int], tokens: Sequence[int]) -> FloatArray:
+    """The rows of :func:`_block` before the logarithms: a constant 1, the length, the
+    words (separators + 1), the byte-class counts, the flags, the tokens. Over the whole
+    block at once (one buffer, one byte-class bincount); per prompt, the Python work is a
+    split and a set intersection of its first words. The definition of the features."""
     n = len(heads)
     x = np.zeros((n, N_PROMPT_FEATURES))
     x[:, 0] = 1.0
     x[:, _TOKENS_AT] = tokens
     x[:, 1] = lengths
+    if not any(heads):
+        x[:, 2] = x[:, 1] > 0
+        return x
     joined = "\0".join(heads)
     if joined.count("\0") != n - 1:  # a prompt holding NUL would count as two
         joined = "\0".join([h.replace("\0", " ") for h in heads])
@@ -182,10 +247,6 @@ def _block(
     counts = counts.reshape(n, _N_CLASSES)
     x[:, 2] = counts[:, 1] + counts[:, 2] + (x[:, 1] > 0)  # words ≈ separators + 1
     x[:, 3:9] = counts[:, 2:]
-    # Not a hash of the text (a C call per prompt): a function of it all the same.
-    folds = (x[:, 1] + 3 * x[:, 2] + x[:, _TOKENS_AT]).astype(np.int64) % FOLDS
-    np.log1p(x[:, 1:9], out=x[:, 1:9])
-    np.log1p(x[:, _TOKENS_AT], out=x[:, _TOKENS_AT])
     # Per prompt one int: bit j set when the flag in column 9 + j is (wh, aux, lexicon).
     segments = raw[:-1].lower().translate(_WORD_TABLE).split(b"\0", n - 1)
     masks = [
@@ -196,7 +257,138 @@ def _block(
     ]
     bits = np.array(masks, dtype=np.int64)[:, None] >> _BIT_SHIFTS
     x[:, _FLAGS_AT:_TOKENS_AT] = bits & 1
-    return x, folds
+    return x
+
+
+def _scan(
+    x: FloatArray,
+    heads: Sequence[str],
+    lengths: Sequence[int],
+    tokens: Sequence[int],
+    fold_of: FloatArray,
+) -> None:
+    """:func:`_count` into ``x`` (zeros), one head at a time in one pass over its UTF-8
+    bytes: classes from ``_SCAN_CLASS``, words from ``_SCAN_WORD``, looked up in the slot
+    table; and into ``fold_of`` what :func:`_block` takes the fold of. Compiled (typed in
+    ``inputs.pxd``), it makes no Python object but the encoded head; as plain Python it is
+    slower than :func:`_count` and not used."""
+    rows, lex, sums = x, _SLOT_LEX, fold_of
+    tables = (_SCAN_CLASS, _SCAN_WORD, _SLOT_WORDS, _SLOT_LENGTHS, _SLOT_FIRST)
+    classes, word_bytes, slot_words, slot_lengths, slot_first = tables
+    limit, flags_at, tokens_at = _WORDS, _FLAGS_AT, _TOKENS_AT
+    width, last_slot, bits32 = _SLOT_BYTES, _SLOTS - 1, 0xFFFFFFFF
+    for i in range(len(heads)):
+        size = lengths[i]
+        rows[i, 0] = 1.0
+        rows[i, 1] = size
+        rows[i, 2] = 1.0 if size > 0 else 0.0
+        rows[i, tokens_at] = tokens[i]
+        sums[i] = rows[i, 1] + 3 * rows[i, 2] + rows[i, tokens_at]
+        head = heads[i]
+        if not head:
+            continue
+        raw = head.encode("utf-8", "surrogatepass")
+        p = raw
+        n = len(raw)
+        counts = [0, 0, 0, 0, 0, 0, 0, 0]  # per byte class (_CLASSES, after "other")
+        mask = words = 0
+        start = -1
+        h = 0
+        for j in range(n + 1):
+            b = p[j] if j < n else 46  # after the last byte, a "." (class 0) ends a word
+            counts[classes[b]] += 1
+            c = word_bytes[b]
+            if c:
+                if start < 0:
+                    start, h = j, 2166136261
+                h = (h ^ c) * 16777619 & bits32
+                continue
+            if start < 0:
+                continue
+            # A word ends at j. bytes.split(None, _WORDS) makes the words after the first
+            # _WORDS one piece: that piece is a word only if it ends the head.
+            length = j - start
+            if length < width and (words < limit or (words == limit and j == n)):
+                slot = h & last_slot
+                while slot_lengths[slot]:
+                    if slot_lengths[slot] == length:
+                        q = 0
+                        while (
+                            q < length and word_bytes[p[start + q]] == slot_words[slot * width + q]
+                        ):
+                            q += 1
+                        if q == length:
+                            mask |= lex[slot]
+                            if words == 0:
+                                mask |= slot_first[slot]
+                            break
+                    slot = (slot + 1) & last_slot
+            words += 1
+            start = -1
+        rows[i, 2] += counts[1] + counts[2]  # words ≈ separators + 1
+        sums[i] = rows[i, 1] + 3 * rows[i, 2] + rows[i, tokens_at]
+        for k in range(2, 8):
+            rows[i, k + 1] = counts[k]
+        for bit in range(tokens_at - flags_at):
+            if mask >> bit & 1:
+                rows[i, flags_at + bit] = 1.0
+
+
+def _cusum_rows(
+    z: FloatArray, cusum: FloatArray, ends: FloatArray, k: float, clip: float, h: float
+) -> int:
+    """:meth:`InputModel._channel`'s CUSUMs as loops (compiled; the same operations in the
+    same order as its array code, so the same numbers): the first row any of them
+    exceeds ``h`` at, or -1 with each one's last value in ``ends``."""
+    zv, start, out = z, cusum, ends
+    fired = rows = len(zv)
+    for j in range(len(start)):
+        run = low = 0.0
+        for t in range(rows):
+            v = zv[t, j]
+            if v > clip:
+                v = clip
+            if v < -clip:
+                v = -clip
+            v -= k
+            run = v if t == 0 else run + v
+            c = run + start[j]
+            if c < low or c != c:
+                low = c
+            s = c - low
+            if s > h:
+                fired = min(fired, t)
+                break
+            out[j] = s
+    return -1 if fired == rows else fired
+
+
+def _accumulate(stats: FloatArray, x: FloatArray, ys: FloatArray, folds: Any, rows: int) -> None:
+    """Add the first ``rows`` events of a block to the reference statistics: per event,
+    z = (prompt features, output values) into its fold's packed upper triangle of ZᵀZ.
+    The compiled path of :meth:`InputModel.flush` (typed in ``inputs.pxd``): no matrix
+    product (BLAS would spread one this size over threads), and a zero entry of z (most
+    prompt flags) skips its row of products. As plain Python it is slow and not used."""
+    st, xv, yv, fv = stats, x, ys, folds
+    dx = xv.shape[1]
+    z = np.empty(dx + yv.shape[1])
+    zv = z
+    d = len(zv)
+    for i in range(rows):
+        for r in range(dx):
+            zv[r] = xv[i, r]
+        for r in range(dx, d):
+            zv[r] = yv[i, r - dx]
+        f = fv[i]
+        e = 0
+        for r in range(d):
+            zr = zv[r]
+            if zr == 0.0:
+                e += d - r
+                continue
+            for c in range(r, d):
+                st[f, e] += zr * zv[c]
+                e += 1
 
 
 def prompt_features(text: str | None, input_tokens: int | None) -> FloatArray:
@@ -281,9 +473,11 @@ class InputModel:
         # Set by a fit that follows an input alarm: the key's output detectors are to learn
         # their reference again on the new mix (the monitor does it and clears this).
         self.rebaseline_due = False
-        # (input's head, its length, input_tokens or 0, prompt_version, key event count,
-        # output values or None)
-        self._pending: list[tuple[str, int, int, str | None, int, Any]] = []
+        # (input's head, its length, input_tokens or 0, prompt_version, key event count)
+        self._pending: list[tuple[str, int, int, str | None, int]] = []
+        # While not fitted, the pending events' output values, row after row: as doubles,
+        # not the events' float objects, whose memory the pipeline then reuses at once.
+        self._outputs = array("d")
         self._reset_reference()
 
     def _reset_reference(self) -> None:
@@ -299,10 +493,17 @@ class InputModel:
         self._cusum: FloatArray | None = None
         self._new_version_share = 0.0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "_outputs" not in state:  # pickled before _outputs: values in the pending entries
+            pending = state["_pending"]
+            rows = [entry[5] for entry in pending if entry[5] is not None]
+            state["_outputs"] = array("d", [value for row in rows for value in row])
+            state["_pending"] = [entry[:5] for entry in pending]
+        self.__dict__.update(state)
+
     def observe(self, prompt: Prompt, features: dict[str, float], event: int) -> None:
         """Take one event (``event``: the key's event count, for :attr:`drift_since`)."""
         self._event = event
-        y: list[float] | None = None
         if not self.fitted:
             if self.targets is None:
                 names = [n for n in features if n not in _SKIPPED_TARGETS]
@@ -311,10 +512,11 @@ class InputModel:
                 y = [features[n] for n in self.targets]
             except KeyError:  # an event without every target (text not captured): not fitted
                 return
+            self._outputs.extend(y)
         text, tokens, version = prompt
         # Only the head is kept: a long prompt (a RAG context) must not grow the key's state.
         head, length = (text[:HEAD_CHARS], len(text)) if text else ("", 0)
-        self._pending.append((head, length, tokens or 0, version, event, y))
+        self._pending.append((head, length, tokens or 0, version, event))
         if len(self._pending) >= BLOCK:
             self.flush()
 
@@ -324,7 +526,8 @@ class InputModel:
         if not pending:
             return
         self._pending = []
-        heads, lengths, tokens, versions, events, ys = zip(*pending, strict=True)
+        heads, lengths, tokens, versions, events = zip(*pending, strict=True)
+        outputs, self._outputs = self._outputs, array("d")
         x, folds = _block(heads, lengths, tokens)
         if self.fitted:
             at = self._channel(x)
@@ -340,17 +543,21 @@ class InputModel:
             self._versions.update(versions)
             if len(self._versions) > MAX_VERSIONS:
                 self._versions = None  # too many versions to tell a new one: rule off
-        z = np.concatenate((x, np.array(ys)), axis=1)
-        room = self.config.reference_events - self.n
-        if len(z) > room:
-            z, folds = z[:room], folds[:room]
-        rows, cols = _packed_index(z.shape[1])
+        assert self.targets is not None
+        m = min(len(x), self.config.reference_events - self.n)
+        d = N_PROMPT_FEATURES + len(self.targets)
         if self._stats is None:
-            self._stats = np.zeros((FOLDS, len(rows)))
-        for f in np.unique(folds):
-            zf = z[folds == f]
-            self._stats[f] += (zf.T @ zf)[rows, cols]
-        self.n += len(z)
+            self._stats = np.zeros((FOLDS, d * (d + 1) // 2))
+        ys = np.array(outputs, dtype=np.float64).reshape(len(x), len(self.targets))
+        if _COMPILED:
+            _accumulate(self._stats, x, ys, folds, m)
+        else:
+            z = np.concatenate((x, ys), axis=1)[:m]
+            rows, cols = _packed_index(d)
+            for f in np.unique(folds[:m]):
+                zf = z[folds[:m] == f]
+                self._stats[f] += (zf.T @ zf)[rows, cols]
+        self.n += m
         if self.n >= self.config.reference_events:
             try:
                 self._fit()
@@ -372,9 +579,9 @@ class InputModel:
         exceeds ``version_share`` at, or -1."""
         if self._versions is None or self.config.version_share <= 0:
             return -1
-        new = np.array([v not in self._versions for v in versions], dtype=np.float64)
-        if not new.any() and self._new_version_share == 0.0:
+        if self._new_version_share == 0.0 and self._versions.issuperset(versions):
             return -1
+        new = np.array([v not in self._versions for v in versions], dtype=np.float64)
         # e_t = (1-a) e_{t-1} + a new_t, for the whole block: e_t = r^t (e_0 + a Σ r^-i new_i)
         r = 1.0 - _VERSION_EWMA
         powers = r ** np.arange(1, len(new) + 1)
@@ -421,17 +628,21 @@ class InputModel:
         g_all, b_all = gram.sum(0), xty.sum(0)
         penalty = np.eye(dx)
         penalty[0, 0] = 1e-9 * n  # the intercept all but free; a fold holding every row
+        # Every penalty's fit without each fold, solved at once: (alphas, folds, dx, dy).
+        lhs = (g_all - gram)[None] + np.asarray(ALPHAS)[:, None, None, None] * penalty
+        rhs = np.broadcast_to(b_all - xty, (len(ALPHAS), *xty.shape))
+        betas = np.linalg.solve(lhs, rhs)
+        sses = np.zeros((len(ALPHAS), dy))  # out-of-fold squared residuals, per alpha
+        resid_sums = np.zeros((len(ALPHAS), dy))
+        for f in range(FOLDS):
+            beta = betas[:, f]
+            sses += yty[f] - 2 * np.einsum("aij,ij->aj", beta, xty[f])
+            sses += np.einsum("aij,aij->aj", beta, gram[f] @ beta)
+            resid_sums += xty[f][0] - gram[f][0] @ beta
         best_sse = np.full(dy, np.inf)
         best_alpha = np.zeros(dy)
         best_sum = np.zeros(dy)
-        for alpha in ALPHAS:
-            sse = np.zeros(dy)
-            resid_sum = np.zeros(dy)
-            for f in range(FOLDS):
-                beta = np.linalg.solve(g_all - gram[f] + alpha * penalty, b_all - xty[f])
-                sse += yty[f] - 2 * np.einsum("ij,ij->j", beta, xty[f])
-                sse += np.einsum("ij,ik,kj->j", beta, gram[f], beta)
-                resid_sum += xty[f][0] - gram[f][0] @ beta
+        for alpha, sse, resid_sum in zip(ALPHAS, sses, resid_sums, strict=True):
             better = sse < best_sse
             best_sse[better], best_alpha[better], best_sum[better] = (
                 sse[better],
@@ -483,6 +694,12 @@ class InputModel:
             return -1
         cfg = self.config
         z = x @ weights
+        if _COMPILED:
+            ends = np.empty(len(cusum))
+            at = _cusum_rows(z, cusum, ends, cfg.k, cfg.z_clip, cfg.h)
+            if at < 0:
+                self._cusum = ends
+            return at
         np.minimum(z, cfg.z_clip, out=z)  # one odd prompt moves the sums by at most z_clip
         np.maximum(z, -cfg.z_clip, out=z)
         z -= cfg.k

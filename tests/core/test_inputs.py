@@ -3,15 +3,20 @@ the labelling of detections, through the real pipeline on streams generated here
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 import random
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
 from driftmon.config import pipeline_config
+from driftmon.core import inputs
 from driftmon.core.inputs import (
     PROMPT_FEATURES,
     AttributionConfig,
@@ -251,3 +256,141 @@ def test_a_failing_input_model_costs_no_detection(monkeypatch: pytest.MonkeyPatc
     _, plain = _run(lines, enabled=False)
     assert found == plain and found
     assert pipeline.monitor.input_errors["RuntimeError"] == len(lines)
+
+
+def _plain_inputs() -> ModuleType:
+    """driftmon/core/inputs.py imported as plain Python, even where the extension is built."""
+    path = Path(inputs.__file__ or "").with_name("inputs.py")
+    spec = importlib.util.spec_from_file_location("driftmon_core_inputs_plain", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _varied_prompts() -> tuple[list[str | None], list[int | None]]:
+    """Prompts that stress the byte scan: unicode, NUL, surrogates, no text, long heads,
+    the 41st word (bytes.split(None, 40) keeps the rest as one piece), upper case."""
+    words = " ".join(["word"] * 40)
+    texts: list[str | None] = [
+        None,
+        "",
+        " ",
+        "\n\t\r\x0b\x0c",
+        'What is 2+2? Answer in "one" word:',
+        "WHY does my Python code fail?",
+        "Écris un poème sur la mer, s'il te plaît",
+        "日本語で説明してください: list the steps",
+        "emoji 🙂 code `x = [1]` {json}",
+        "lone surrogate \ud800 then code",
+        "NUL\x00inside list\x00of words",
+        f"{words} list",
+        f"{words} list?",
+        f"{words} list code",
+        f"{words}  list",
+        "summarization-of-THE-text recommendations recommendationsx",
+        "x" * 10_000,
+        "tips " * 200,
+        "a\u00a0b\u2028c 12345 :: '' \"\" ;;; ===",
+    ]
+    rng = random.Random(7)
+    alphabet = "abcdefghijklmnopqrstuvwxyz ABCWHY\n\t?:;{}\"'0123é日\x00.,`$#"
+    lexicon = "write list explain code python summarize translate table json who what is"
+    for _ in range(400):
+        parts = [rng.choice(alphabet) for _ in range(rng.randint(0, 400))]
+        for _ in range(rng.randint(0, 8)):
+            parts.insert(rng.randint(0, len(parts)), f" {rng.choice(lexicon.split())} ")
+        texts.append("".join(parts))
+    tokens = [rng.choice([None, 0, 1, 57, 10**6]) for _ in texts]
+    return texts, tokens
+
+
+def test_compiled_and_plain_prompt_features_are_identical() -> None:
+    """The one-pass scan (the compiled path) gives bit for bit the features and folds of
+    the array code that defines them, on every prompt, alone or in a block."""
+    plain = _plain_inputs()
+    texts, tokens = _varied_prompts()
+    heads = [t[: plain.HEAD_CHARS] if t else "" for t in texts]
+    lengths = [len(t) if t else 0 for t in texts]
+    counts = [k or 0 for k in tokens]
+    for start in range(0, len(texts), plain.BLOCK):
+        block = slice(start, start + plain.BLOCK)
+        expected, expected_folds = plain.prompt_block(texts[block], tokens[block])
+        # the extension, when built (else the same plain module)
+        x, folds = prompt_block(texts[block], tokens[block])
+        assert np.array_equal(x, expected) and np.array_equal(folds, expected_folds)
+        # the scan as plain Python, built or not
+        scanned, sums = np.zeros_like(expected), np.empty(len(expected))
+        plain._scan(scanned, heads[block], lengths[block], counts[block], sums)
+        assert np.array_equal(scanned, plain._count(heads[block], lengths[block], counts[block]))
+        assert np.array_equal(sums.astype(np.int64) % plain.FOLDS, expected_folds)
+    for text, count in zip(texts[:40], tokens[:40], strict=True):
+        assert np.array_equal(prompt_features(text, count), plain.prompt_features(text, count))
+
+
+def test_compiled_and_plain_input_channels_agree() -> None:
+    """The input model through the compiled path (scan, reference statistics and CUSUMs as
+    loops) and through the array code: the same fit up to rounding (the statistics are
+    summed in another order), the same CUSUMs, the same alarm. The loops run as plain
+    Python give the compiled numbers exactly."""
+    plain = _plain_inputs()
+    loops = _plain_inputs()
+    loops._COMPILED = True  # type: ignore[attr-defined]  # the loops, run as plain Python
+    models = [
+        module.InputModel(module.AttributionConfig(reference_events=640, z_clip=1.0))
+        for module in (inputs, plain, loops)
+    ]
+    rng = random.Random(11)
+    for i in range(2000):
+        code = rng.random() < (0.2 if i < 1300 else 0.9)
+        text = rng.choice(CODE_PROMPTS if code else FACT_PROMPTS).format(rng.choice(TOPICS))
+        features = {"output_chars": rng.gauss(6.0 if code else 4.0, 0.3), "fence": float(code)}
+        prompt = (text, rng.randint(5, 50) if i % 3 else None, None)
+        for model in models:
+            model.observe(prompt, features, i)
+        if i % inputs.BLOCK == 0:
+            first, *others = models
+            for other in others:
+                assert other.fitted == first.fitted and other.n == first.n
+                assert other.statistic() == pytest.approx(first.statistic(), rel=1e-9, abs=1e-9)
+                assert other.drift_since == first.drift_since
+            if inputs._COMPILED:
+                assert models[2].statistic() == first.statistic()
+    first, *others = models
+    assert first.alarms >= 1
+    for other in others:
+        assert other.alarms == first.alarms and other.last_alarm == first.last_alarm
+        assert other.watched == first.watched
+        np.testing.assert_allclose(other.coef, first.coef, rtol=1e-9, atol=1e-12)
+
+
+def test_an_input_model_pickled_with_outputs_in_its_pending_events_restores() -> None:
+    """A snapshot from before ``_outputs`` kept each pending event's output values in its
+    entry: it restores, and goes on exactly as the model it was taken from."""
+    rng = random.Random(12)
+
+    def event(i: int) -> tuple[tuple[str, None, None], dict[str, float]]:
+        code = rng.random() < (0.3 if i < 500 else 0.9)
+        text = rng.choice(CODE_PROMPTS if code else FACT_PROMPTS).format(rng.choice(TOPICS))
+        return (text, None, None), {"output_chars": rng.gauss(6.0 if code else 4.0, 0.3)}
+
+    model = InputModel(AttributionConfig(reference_events=400))
+    for i in range(100):
+        model.observe(*event(i), i)
+    assert model._pending and len(model._outputs) == len(model._pending)
+    old = dict(model.__dict__)
+    values = iter(model._outputs)
+    old["_pending"] = [(*entry, [next(values)]) for entry in model._pending]
+    del old["_outputs"]
+    legacy = InputModel.__new__(InputModel)
+    legacy.__dict__.update(old)
+    restored = pickle.loads(pickle.dumps(legacy))
+    for i in range(100, 800):
+        prompt, features = event(i)
+        model.observe(prompt, features, i)
+        restored.observe(prompt, features, i)
+    model.flush()
+    restored.flush()
+    assert restored.alarms == model.alarms >= 1 and restored.last_alarm == model.last_alarm
+    np.testing.assert_array_equal(restored.coef, model.coef)
