@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import random
 import statistics
 import sys
@@ -132,6 +133,10 @@ def run_pair(
                 "alarms_before_switch": [
                     f"{d.feature}/{d.detector}@{d.event_index}" for d in before
                 ],
+                # The one key's state as a checkpoint pickles it, after the stream.
+                "key_state_bytes": sum(
+                    len(pickle.dumps(k, protocol=5)) for k in pipeline.monitor.key_states()
+                ),
             }
         )
     delays = [r["delay"] for r in runs if r["delay"] is not None]
@@ -375,6 +380,9 @@ def main() -> None:
             r["alarms_before_switch"] + r["detected_runs"] for r in rows if r["kind"] == "control"
         ),
         "pre_switch_alarms": sum(r["alarms_before_switch"] for r in rows),
+        "median_key_state_bytes": statistics.median(
+            d["key_state_bytes"] for r in rows for d in r["details"]
+        ),
     }
     print(json.dumps({"summary": summary, "pairs": rows}, indent=1))
 

@@ -54,9 +54,17 @@ cdef class FeatureStream:
     cdef public double _blk_sumsq
     cdef public double _ref_sum
     cdef public double _ref_sumsq
+    cdef public object _gx
+    cdef public object _gs
+    cdef public double _raw_blk_sum
+    cdef public double _raw_blk_sumsq
+    cdef public double _raw_ref_sum
+    cdef public double _raw_ref_sumsq
+    cdef public double _raw_mean
 
     @cython.locals(cur=cython.double, z=cython.double, a_in=cython.double,
-                   inc=cython.double, dec=cython.double, r=cython.double)
+                   inc=cython.double, dec=cython.double, r=cython.double,
+                   i=cython.Py_ssize_t, lo=cython.double)
     cpdef object update(self, double x)
 
     cpdef double _ph_statistic(self)

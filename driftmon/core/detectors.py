@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import math
 from array import array
+from bisect import bisect_right as _bisect
 from dataclasses import dataclass
 from operator import attrgetter
+from statistics import NormalDist
 from typing import Any, Final, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from driftmon.core._river import ADWIN, PageHinkley
 from driftmon.core.calibration import (
@@ -42,6 +45,7 @@ from driftmon.core.calibration import (
 )
 from driftmon.core.registry import FEATURES, FeatureKind, check_feature
 
+FloatArray = NDArray[np.float64]
 DETECTORS = ("page_hinkley", "adwin")
 Kind = Literal["continuous", "binary"]
 """A stream's kind: a registered ``rate`` feature is watched as a ``binary`` stream (the
@@ -70,6 +74,40 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _ZC = Z_CLIP
 _EWMA = EWMA_CURRENT
 _QUANTILE_POSITIONS = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
+# Past the warm-up's extremes the score map rises by one more score over this many warm-up
+# standard deviations, then stays flat: a heavy tail's rare huge values score little above
+# the most extreme warm-up value (the calibration assumes the warm-up's score distribution).
+_TAIL_SDS = 8.0
+_NORMAL = NormalDist()
+
+
+def normal_scores(values: FloatArray) -> tuple[array[float], array[float]] | tuple[None, None]:
+    """The piecewise-linear map from a continuous feature's values to normal scores,
+    learned from its warm-up: knots at the warm-up's quantiles (its distinct values when it
+    has fewer, mid-ranks for ties), each mapped to the standard normal quantile of its
+    empirical CDF (the warm-up's minimum and maximum are knots too); past them, one more
+    score over ``_TAIL_SDS`` warm-up standard deviations, flat beyond that.
+    ``(None, None)`` for a constant warm-up (its values are then used as they are).
+
+    Under the reference the scores are close to N(0, 1) whatever the feature's shape (the
+    long left tail of log lengths, counts with a few values), so a change in the bulk of a
+    skewed distribution is not diluted by the standard deviation its tail inflates.
+    """
+    v = np.sort(values)
+    n = len(v)
+    if v[0] == v[-1]:
+        return None, None  # a constant warm-up: raw values, standardised as they are
+    xs = np.unique(v)  # counts and other discrete features: every value a knot
+    if len(xs) > N_QUANTILES:
+        inner = np.interp(_QUANTILE_POSITIONS * (n - 1), np.arange(n), v)
+        xs = np.unique(np.concatenate([[v[0]], inner, [v[-1]]]))
+    mid = (np.searchsorted(v, xs, "left") + np.searchsorted(v, xs, "right")) / (2.0 * n)
+    mid = np.clip(mid, 0.5 / n, 1.0 - 0.5 / n)
+    scores = np.array([_NORMAL.inv_cdf(float(u)) for u in mid])
+    sd = float(v.std())
+    gx = np.concatenate([[xs[0] - _TAIL_SDS * sd], xs, [xs[-1] + _TAIL_SDS * sd]])
+    gs = np.concatenate([[scores[0] - 1.0], scores, [scores[-1] + 1.0]])
+    return array("d", gx.tolist()), array("d", gs.tolist())
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +245,13 @@ STATE_FIELDS: Final = (
     "_rb_threshold",
     "_rb_s",
     "_rb_zero_at",
+    "_gx",
+    "_gs",
+    "_raw_blk_sum",
+    "_raw_blk_sumsq",
+    "_raw_ref_sum",
+    "_raw_ref_sumsq",
+    "_raw_mean",
 )
 """A :class:`FeatureStream`'s state, in its pickled order: the one list of its fields.
 
@@ -218,6 +263,10 @@ or removing one needs a new ``SNAPSHOT_VERSION``."""
 
 _FIELDS_BEFORE_ONSET: Final = STATE_FIELDS.index("_ph_argmin")  # older snapshots: 29 fields
 _FIELDS_BEFORE_RARE: Final = STATE_FIELDS.index("_rb_on")  # then 31 fields
+_FIELDS_BEFORE_SCORES: Final = STATE_FIELDS.index("_gx")  # then 38 fields
+_RAW_FROM: Final = tuple(
+    STATE_FIELDS.index(f) for f in ("_blk_sum", "_blk_sumsq", "_ref_sum", "_ref_sumsq", "_mean")
+)  # an older snapshot's reference is in raw units: the _raw_* fields are copies
 # A stream restored from a snapshot taken before the rare-rate CUSUM runs without it until
 # its next reference merge.
 _RARE_OFF: Final = (False, 1.0, 0.0, 0.0, math.inf, 0.0, 0)
@@ -271,6 +320,11 @@ class FeatureStream:
         self._blk_n = 0
         self._blk_sum = self._blk_sumsq = 0.0
         self._ref_sum = self._ref_sumsq = 0.0
+        self._gx: array[float] | None = None
+        self._gs: array[float] | None = None
+        self._raw_blk_sum = self._raw_blk_sumsq = 0.0
+        self._raw_ref_sum = self._raw_ref_sumsq = 0.0
+        self._raw_mean = 0.0
 
     def _ph_reset(self) -> None:
         # river's PageHinkley._reset, including its start of the decrease maximum at -1.
@@ -288,7 +342,19 @@ class FeatureStream:
 
     @property
     def baseline(self) -> float:
-        return self._mean if self.ref_n else math.nan
+        return self._raw_mean if self.ref_n else math.nan
+
+    def raw_moments(self) -> tuple[float, float, float]:
+        """``(n, sum, sum of squares)`` of the values of the reference and of the block being
+        gathered for it (the warm-up while learning), in the feature's own units."""
+        n = float(self.ref_n + self._blk_n)
+        if self._learning or self._binary:
+            return n, self._ref_sum + self._blk_sum, self._ref_sumsq + self._blk_sumsq
+        return (
+            n,
+            self._raw_ref_sum + self._raw_blk_sum,
+            self._raw_ref_sumsq + self._raw_blk_sumsq,
+        )
 
     # -- the detector protocol (driftmon.core.protocols.DriftDetector) --------------------
     # Read outside the hot path: update() returns the alarm itself.
@@ -316,7 +382,14 @@ class FeatureStream:
         self._warm = None
         self._learning = False
         if values is not None:
-            arr = np.asarray(values, dtype=np.float64)
+            raw = np.asarray(values, dtype=np.float64)
+            self._raw_blk_sum = float(raw.sum())
+            self._raw_blk_sumsq = float(np.dot(raw, raw))
+            gx, gs = normal_scores(raw)
+            self._gx, self._gs = gx, gs
+            arr = raw if gx is None or gs is None else np.interp(raw, gx, gs)
+            self._blk_sum = float(arr.sum())
+            self._blk_sumsq = float(np.dot(arr, arr))
             mean = float(arr.mean())
             sd = float(arr.std(ddof=1))
             sd = sd if sd > 1e-9 * max(1.0, abs(mean)) else max(1e-9, 1e-3 * abs(mean))
@@ -345,6 +418,12 @@ class FeatureStream:
         self._ref_sumsq += self._blk_sumsq
         n = self.ref_n
         self._mean = mean = self._ref_sum / n
+        if self._binary:
+            self._raw_mean = mean
+        else:
+            self._raw_ref_sum += self._raw_blk_sum
+            self._raw_ref_sumsq += self._raw_blk_sumsq
+            self._raw_mean = self._raw_ref_sum / n
         rare_threshold = math.inf
         if self._binary:
             p = (self._ref_sum + 0.5) / (n + 1.0)
@@ -376,6 +455,7 @@ class FeatureStream:
             threshold = ph_threshold_continuous(self._shape, self._config.k, n, self.target_arl)
         self._blk_n = 0
         self._blk_sum = self._blk_sumsq = 0.0
+        self._raw_blk_sum = self._raw_blk_sumsq = 0.0
         if self._config.page_hinkley:
             # A new test on the new reference (as a new river PageHinkley would be).
             self._ph_on = True
@@ -408,6 +488,20 @@ class FeatureStream:
             else:
                 z, a_in = self._z0, 0.0
         else:
+            self._raw_blk_sum += x
+            self._raw_blk_sumsq += x * x
+            gx = self._gx
+            if gx is not None:
+                # The reference's normal scores (normal_scores), piecewise linear.
+                gs: Any = self._gs
+                i = _bisect(gx, x)
+                if i == 0:
+                    x = gs[0]
+                elif i == len(gx):
+                    x = gs[i - 1]
+                else:
+                    lo = gx[i - 1]
+                    x = gs[i - 1] + (gs[i] - gs[i - 1]) * (x - lo) / (gx[i] - lo)
             z = (x - self._mean) * self._inv_sd
             if z > _ZC:
                 z = _ZC
@@ -502,7 +596,7 @@ class FeatureStream:
 
     def _alarm(self, detector: str, statistic: float, threshold: float, since_onset: int) -> Alarm:
         alarm = Alarm(
-            self.name, detector, self._mean, self.current, statistic, threshold, since_onset
+            self.name, detector, self._raw_mean, self.current, statistic, threshold, since_onset
         )
         self._detected_at = self.n
         self.relearn()
@@ -521,6 +615,10 @@ class FeatureStream:
             state = (*state, 0, 0)
         if len(state) == _FIELDS_BEFORE_RARE:
             state = (*state, *_RARE_OFF)
+        if len(state) == _FIELDS_BEFORE_SCORES:
+            # Pickled before normal scores: raw values (identity transform) until the next
+            # relearn; the raw sums are the sums.
+            state = (*state, None, None, *(state[i] for i in _RAW_FROM))
         # STATE_FIELDS in order, unpacked into the typed fields (a test checks the order): a
         # setattr loop over STATE_FIELDS restores a third slower in the compiled build.
         (
@@ -562,6 +660,13 @@ class FeatureStream:
             self._rb_threshold,
             self._rb_s,
             self._rb_zero_at,
+            self._gx,
+            self._gs,
+            self._raw_blk_sum,
+            self._raw_blk_sumsq,
+            self._raw_ref_sum,
+            self._raw_ref_sumsq,
+            self._raw_mean,
         ) = state
         self._warmup = self._config.warmup
         self._binary = self.kind == "binary"

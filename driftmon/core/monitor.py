@@ -187,18 +187,15 @@ class Monitor:
         """A key's behavioural snapshot for version transitions: its event count and, per
         feature, ``(n, sum, sum of squares)`` of the values its detectors' reference holds
         (the reference and the quiet block being gathered for it; the warm-up values
-        while learning), on the detectors' scale. None for a key not monitored."""
+        while learning), in the features' own units. None for a key not monitored."""
         state = self._keys.get((endpoint, model))
         if state is None:
             return None
         out: dict[str, tuple[float, float, float]] = {}
         for name, s in state.streams.items():
-            n = float(s.ref_n + s._blk_n)
-            total = s._ref_sum + s._blk_sum
-            if s.kind == "binary":
-                out[name] = (n, total, total)  # 0/1 values: squares are the values
-            else:
-                out[name] = (n, total, s._ref_sumsq + s._blk_sumsq)
+            n, total, squares = s.raw_moments()
+            # 0/1 values: squares are the values
+            out[name] = (n, total, total if s.kind == "binary" else squares)
         return state.events, out
 
     def drain_evicted(self) -> list[tuple[str, str]]:
