@@ -7,7 +7,11 @@ reference keeps improving while the stream is quiet: values are collected in a b
 that is merged into the reference only when the block is as large as the reference
 (doubling), so a shift is never averaged into the reference it is being compared with
 before it has had a whole block's worth of events to be detected. After a detection the
-reference is learned again from post-change data. On a 0/1 feature whose reference rate is
+reference is learned again from post-change data. A continuous feature is compared on
+the normal scores of its warm-up (:func:`normal_scores`: a piecewise-linear map through the
+warm-up's quantiles to standard-normal quantiles), so a long tail does not dilute a move of
+the bulk; displays, alarm baselines and :meth:`FeatureStream.raw_moments` stay in the
+feature's own units. On a 0/1 feature whose reference rate is
 rare (or whose complement is), Page-Hinkley also runs a one-sided CUSUM of the Bernoulli
 likelihood ratio against an upper bound of that rate (:func:`calibration.rare_steps`), with
 part of its budget: a behaviour absent from the reference is caught in a few occurrences.
@@ -383,8 +387,9 @@ class FeatureStream:
         self._learning = False
         if values is not None:
             raw = np.asarray(values, dtype=np.float64)
-            self._raw_blk_sum = float(raw.sum())
-            self._raw_blk_sumsq = float(np.dot(raw, raw))
+            # The displays' sums are the exact ones accumulated while learning, not the
+            # (compact, float32) warm-up copy's.
+            self._raw_blk_sum, self._raw_blk_sumsq = self._blk_sum, self._blk_sumsq
             gx, gs = normal_scores(raw)
             self._gx, self._gs = gx, gs
             arr = raw if gx is None or gs is None else np.interp(raw, gx, gs)
