@@ -144,6 +144,31 @@ def _track_batches(consumer: KafkaConsumer) -> None:
         fetcher.PartitionRecords = _TrackedPartitionRecords
 
 
+# kafka-python 3.0.12 caps each wait inside ``poll`` by the coordinator's next heartbeat,
+# and that deadline stays at 0 while a heartbeat is unanswered. A broker that stops
+# answering but keeps its connections (frozen, overloaded, a half-dead network path) so
+# turns ``poll`` into a spin that adds a callback to the in-flight fetch on every turn
+# until the request times out (30 s): measured with a frozen broker, 100 % of a core,
+# ~62 000 callbacks and +160 MB in 17 s, and ``/healthz`` answering in over a second
+# as the collector walked them (CI once saw it miss a 2 s deadline). A floor on that
+# deadline turns the spin into waits of POLL_WAIT_FLOOR; a heartbeat that is due goes
+# out at most that much later (heartbeats are seconds apart).
+POLL_WAIT_FLOOR: Final = 0.05
+
+
+def _floor_poll_wait(consumer: KafkaConsumer) -> None:
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or getattr(coordinator, "_driftmon_wait_floor", False):
+        return
+    deadline = coordinator.time_to_next_poll  # read only by KafkaConsumer._poll_once
+
+    def time_to_next_poll() -> float:
+        return max(float(deadline()), POLL_WAIT_FLOOR)
+
+    coordinator.time_to_next_poll = time_to_next_poll
+    coordinator._driftmon_wait_floor = True
+
+
 def poll_records(
     consumer: KafkaConsumer,
     timeout_ms: int,
@@ -158,6 +183,7 @@ def poll_records(
     the call that met the bad batch; the next call goes on past it).
     """
     _track_batches(consumer)
+    _floor_poll_wait(consumer)
     try:
         records: dict[TopicPartition, list[Any]] = consumer.poll(
             timeout_ms=timeout_ms, max_records=max_records

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -71,6 +72,14 @@ def detections_topic(broker: EmbeddedBroker) -> list[tuple[int, str, str, str]]:
         d = json.loads(rec.value)
         seen.add((d["offset"], d["endpoint"], d["feature"], d["detector"]))
     return sorted(seen)
+
+
+def cpu_and_rss(pid: int) -> tuple[float, int]:
+    """A process's CPU seconds (user + system) and resident bytes, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return (int(fields[11]) + int(fields[12])) / ticks, pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def active_drifts(body: bytes) -> set[tuple[str, str, str]]:
@@ -381,11 +390,19 @@ def test_broker_freeze_is_survived(broker, tmp_path):
     with running(DaemonProcess(tmp_path, settings_for(broker, tmp_path))) as daemon:
         daemon.wait_ready()
         wait_consumed(daemon, 3000)
+        assert daemon.proc is not None
+        cpu_before, rss_before = cpu_and_rss(daemon.proc.pid)
         broker.pause()
         try:
             time.sleep(30)
-            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.tail()
+            assert daemon.proc.poll() is None, daemon.tail()
             assert http_get(f"{daemon.url}/healthz")[0] == 200
+            # It waits rather than spins: kafka-python's poll alone spun a whole core and
+            # grew ~10 MB/s here (driftmon.kafka.POLL_WAIT_FLOOR); with the floor, ~1 s of
+            # CPU and no growth in these 30 s.
+            cpu_after, rss_after = cpu_and_rss(daemon.proc.pid)
+            assert cpu_after - cpu_before < 10.0, (cpu_before, cpu_after)
+            assert rss_after - rss_before < 100 * 2**20, (rss_before, rss_after)
         finally:
             broker.resume()
         produce(broker.bootstrap, TOPIC, lines[3000:])
