@@ -338,6 +338,68 @@ def rare_threshold_binary(
     )
 
 
+# -- the tails of a continuous feature: likelihood-ratio CUSUMs of tail exceedances ---------
+#
+# A canary or a rollout moves only a share of the answers: 20 % of them from a model whose
+# answers pile up in the top tenth of the old one's lengths moves the mean normal score by
+# ~0.1 sd, which Page-Hinkley's k = 0.25 cannot see, but it nearly doubles how often the
+# scores pass the reference's 90th percentile. Each tail's exceedances are a 0/1 stream
+# whose reference rate is counted like a 0/1 feature's (~10 %, known to ±1.7 % after 300
+# events); Page's CUSUM of the Bernoulli log-likelihood ratio of TAIL_RATIO times that
+# rate adds log 2 per exceedance and removes ~0.12 per other value. Its threshold comes
+# from the same exact run lengths, averaged over the same Beta posterior, with TAIL_SHARE
+# of the continuous Page-Hinkley's budget (half per tail).
+TAIL_Z = 1.2815515655446004
+"""The upper tail: normal scores above the standard normal's 90th percentile (the lower
+tail: below its negation)."""
+TAIL_RATIO = 2.0
+"""The exceedance rate the tail CUSUMs are tuned to, as a multiple of the reference's."""
+TAIL_RATE_MIN = 0.04
+TAIL_RATE_MAX = 0.2
+"""A tail is watched only while its reference rate is within these (a feature with few
+distinct values can put much more or much less of its mass past the cut: near 0 the
+threshold is useless and slow to solve, the walk's fall per value being tiny)."""
+TAIL_SHARE = 0.25
+"""The part of a continuous stream's Page-Hinkley budget its two tail CUSUMs get."""
+TAIL_MIN_REF = 1200
+"""Tails are watched from this reference size on: on 300 events the rate is too uncertain
+(its threshold would be ~390, for nothing) and Page-Hinkley keeps the whole budget."""
+
+
+def tail_rate(successes: int, n_ref: int) -> float:
+    """The reference's exceedance rate of one tail, (s + ½)/(n + 1)."""
+    return (successes + 0.5) / (n_ref + 1.0)
+
+
+def tail_steps(successes: int, n_ref: int) -> tuple[float, float]:
+    """(rise per exceedance, fall per other value) of one tail's likelihood-ratio CUSUM."""
+    p0 = tail_rate(successes, n_ref)
+    p1 = TAIL_RATIO * p0
+    return math.log(p1 / p0), math.log((1.0 - p0) / (1.0 - p1))
+
+
+def tail_threshold(successes: int, n_ref: int, target_arl: float) -> float:
+    """Threshold of one tail's likelihood-ratio CUSUM (:func:`tail_steps`), with half of
+    ``TAIL_SHARE`` of the stream's Page-Hinkley budget; infinite when the tail's rate is
+    outside ``TAIL_RATE_MIN``…``TAIL_RATE_MAX`` or the reference is smaller than
+    ``TAIL_MIN_REF``. Exact run lengths averaged over the Beta posterior of the true rate,
+    as for :func:`rare_threshold_binary`, solved on the same grid of s and interpolated."""
+    rate = tail_rate(successes, n_ref)
+    if n_ref < TAIL_MIN_REF or not TAIL_RATE_MIN <= rate <= TAIL_RATE_MAX:
+        return math.inf
+    return _on_success_grid(lambda s: _tail_threshold_exact(s, n_ref, target_arl), successes, n_ref)
+
+
+@lru_cache(maxsize=8192)
+def _tail_threshold_exact(successes: int, n_ref: int, target_arl: float) -> float:
+    share = TAIL_SHARE / 2.0
+    steps = tail_steps(successes, n_ref)
+    rates = _BinaryRates(
+        successes, n_ref, 0.0, 1e-3 * share / target_arl, likelihood_ratio=True, steps=steps
+    )
+    return _solve_binary(rates, target_arl, False, share)
+
+
 @lru_cache(maxsize=64)
 def _success_grid(top: int) -> list[int]:
     """0, 1, 2, … then steps of ~15 % up to ``top`` (always included)."""
@@ -545,11 +607,19 @@ class _BinaryRates:
     """False-alarm rate of both CUSUM sides of one reference, averaged over the posterior.
 
     With ``likelihood_ratio`` the one side of the likelihood-ratio CUSUM on the minority
-    value instead (:func:`rare_steps`; ``successes`` ≤ n_ref / 2, ``k`` unused).
+    value instead (``steps``, by default :func:`rare_steps`; ``successes`` ≤ n_ref / 2,
+    ``k`` unused).
     """
 
     def __init__(
-        self, successes: int, n_ref: int, k: float, tol: float, *, likelihood_ratio: bool = False
+        self,
+        successes: int,
+        n_ref: int,
+        k: float,
+        tol: float,
+        *,
+        likelihood_ratio: bool = False,
+        steps: tuple[float, float] | None = None,
     ) -> None:
         p_ref = (successes + 0.5) / (n_ref + 1.0)
         sd_ref = math.sqrt(p_ref * (1.0 - p_ref))
@@ -569,7 +639,7 @@ class _BinaryRates:
         walks: tuple[tuple[float, float, FloatArray], ...]
         walks = ((hi_z - k, k - lo_z, p), (-lo_z - k, hi_z + k, 1.0 - p))
         if likelihood_ratio:
-            walks = ((*rare_steps(successes, n_ref), p),)
+            walks = ((*(steps or rare_steps(successes, n_ref)), p),)
         for up, down, p_up in walks:
             if up > 0.0:
                 mean = p_up * up - (1.0 - p_up) * down

@@ -6,6 +6,7 @@ import cython
 
 cdef double _ZC
 cdef double _EWMA
+cdef double _TZ
 cdef double _INV_SQRT2
 cdef list _NO_ALARMS
 
@@ -61,6 +62,21 @@ cdef class FeatureStream:
     cdef public double _raw_ref_sum
     cdef public double _raw_ref_sumsq
     cdef public double _raw_mean
+    cdef public bint _tl_on
+    cdef public long long _tl_hi_blk
+    cdef public long long _tl_lo_blk
+    cdef public long long _tl_hi_ref
+    cdef public long long _tl_lo_ref
+    cdef public double _tu_up
+    cdef public double _tu_down
+    cdef public double _tu_threshold
+    cdef public double _tu_s
+    cdef public long long _tu_zero_at
+    cdef public double _td_up
+    cdef public double _td_down
+    cdef public double _td_threshold
+    cdef public double _td_s
+    cdef public long long _td_zero_at
 
     @cython.locals(cur=cython.double, z=cython.double, a_in=cython.double,
                    inc=cython.double, dec=cython.double, r=cython.double,
@@ -70,6 +86,8 @@ cdef class FeatureStream:
     cpdef double _ph_statistic(self)
 
     cpdef double _rare_statistic(self)
+
+    cpdef double _tail_statistic(self)
 
     cpdef long long _cusum_onset(self)
 

@@ -15,6 +15,11 @@ feature's own units. On a 0/1 feature whose reference rate is
 rare (or whose complement is), Page-Hinkley also runs a one-sided CUSUM of the Bernoulli
 likelihood ratio against an upper bound of that rate (:func:`calibration.rare_steps`), with
 part of its budget: a behaviour absent from the reference is caught in a few occurrences.
+On a continuous feature with a reference of at least ``calibration.TAIL_MIN_REF`` values,
+two more one-sided Bernoulli CUSUMs watch how often the normal scores pass the warm-up's
+10 % and 90 % quantiles (:func:`calibration.tail_steps`), with part of Page-Hinkley's
+budget: a share of the traffic that moves into a tail (a canary, the start of a rollout)
+moves the mean little but those rates much.
 
 This module is the per-event hot path. It is plain Python and also compiled by Cython
 when the package is built (``detectors.pxd`` gives the types; ``setup.py`` builds it,
@@ -39,6 +44,8 @@ from numpy.typing import NDArray
 
 from driftmon.core._river import ADWIN, PageHinkley
 from driftmon.core.calibration import (
+    TAIL_SHARE,
+    TAIL_Z,
     ShapeTable,
     adwin_delta,
     ph_threshold_binary,
@@ -46,6 +53,8 @@ from driftmon.core.calibration import (
     rare_steps,
     rare_threshold_binary,
     shape_table,
+    tail_steps,
+    tail_threshold,
 )
 from driftmon.core.registry import FEATURES, FeatureKind, check_feature
 
@@ -77,6 +86,7 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # Typed C copies of the public constants when compiled (detectors.pxd).
 _ZC = Z_CLIP
 _EWMA = EWMA_CURRENT
+_TZ = TAIL_Z
 _QUANTILE_POSITIONS = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
 # Past the warm-up's extremes the score map rises by one more score over this many warm-up
 # standard deviations, then stays flat: a heavy tail's rare huge values score little above
@@ -256,6 +266,21 @@ STATE_FIELDS: Final = (
     "_raw_ref_sum",
     "_raw_ref_sumsq",
     "_raw_mean",
+    "_tl_on",
+    "_tl_hi_blk",
+    "_tl_lo_blk",
+    "_tl_hi_ref",
+    "_tl_lo_ref",
+    "_tu_up",
+    "_tu_down",
+    "_tu_threshold",
+    "_tu_s",
+    "_tu_zero_at",
+    "_td_up",
+    "_td_down",
+    "_td_threshold",
+    "_td_s",
+    "_td_zero_at",
 )
 """A :class:`FeatureStream`'s state, in its pickled order: the one list of its fields.
 
@@ -268,12 +293,16 @@ or removing one needs a new ``SNAPSHOT_VERSION``."""
 _FIELDS_BEFORE_ONSET: Final = STATE_FIELDS.index("_ph_argmin")  # older snapshots: 29 fields
 _FIELDS_BEFORE_RARE: Final = STATE_FIELDS.index("_rb_on")  # then 31 fields
 _FIELDS_BEFORE_SCORES: Final = STATE_FIELDS.index("_gx")  # then 38 fields
+_FIELDS_BEFORE_TAILS: Final = STATE_FIELDS.index("_tl_on")  # then 45 fields
 _RAW_FROM: Final = tuple(
     STATE_FIELDS.index(f) for f in ("_blk_sum", "_blk_sumsq", "_ref_sum", "_ref_sumsq", "_mean")
 )  # an older snapshot's reference is in raw units: the _raw_* fields are copies
 # A stream restored from a snapshot taken before the rare-rate CUSUM runs without it until
 # its next reference merge.
 _RARE_OFF: Final = (False, 1.0, 0.0, 0.0, math.inf, 0.0, 0)
+# One restored from before the tail CUSUMs runs without them until it learns a reference
+# again (its reference's exceedances were not counted: -1).
+_TAILS_OFF: Final = (False, 0, 0, -1, -1, 0.0, 0.0, math.inf, 0.0, 0, 0.0, 0.0, math.inf, 0.0, 0)
 _get_state: Final = attrgetter(*STATE_FIELDS)  # the fields as one tuple, read in C
 
 
@@ -313,6 +342,11 @@ class FeatureStream:
         self._rb_minority = 1.0
         self._rb_up = self._rb_down = 0.0
         self._rb_threshold = math.inf
+        self._tl_on = False
+        self._tu_up = self._tu_down = self._td_up = self._td_down = 0.0
+        self._tu_threshold = self._td_threshold = math.inf
+        self._tl_hi_blk = self._tl_lo_blk = 0
+        self._tl_hi_ref = self._tl_lo_ref = 0  # -1: not counted, tails off
         self._ph_reset()
         self._adwin: ADWIN | None = None
         self._adwin_helper: object = None
@@ -339,6 +373,8 @@ class FeatureStream:
         self._ph_argmin = self._ph_argmax = 0  # _ph_n when the extremes were reached
         self._rb_s = 0.0
         self._rb_zero_at = 0  # _ph_n when the rare-rate CUSUM was last at 0
+        self._tu_s = self._td_s = 0.0
+        self._tu_zero_at = self._td_zero_at = 0  # likewise for the tail CUSUMs
 
     @property
     def learning(self) -> bool:
@@ -393,6 +429,11 @@ class FeatureStream:
             gx, gs = normal_scores(raw)
             self._gx, self._gs = gx, gs
             arr = raw if gx is None or gs is None else np.interp(raw, gx, gs)
+            if gx is None:
+                self._tl_hi_ref = self._tl_lo_ref = -1  # raw values: no tails to watch
+            else:
+                self._tl_hi_blk = int(np.count_nonzero(arr > TAIL_Z))
+                self._tl_lo_blk = int(np.count_nonzero(arr < -TAIL_Z))
             self._blk_sum = float(arr.sum())
             self._blk_sumsq = float(np.dot(arr, arr))
             mean = float(arr.mean())
@@ -430,6 +471,7 @@ class FeatureStream:
             self._raw_ref_sumsq += self._raw_blk_sumsq
             self._raw_mean = self._raw_ref_sum / n
         rare_threshold = math.inf
+        tails_on = False
         if self._binary:
             p = (self._ref_sum + 0.5) / (n + 1.0)
             sd = math.sqrt(p * (1.0 - p))
@@ -457,16 +499,30 @@ class FeatureStream:
             sd = math.sqrt(var) if var > 1e-18 else max(1e-9, 1e-3 * abs(mean))
             self._inv_sd = 1.0 / sd
             assert self._shape is not None
-            threshold = ph_threshold_continuous(self._shape, self._config.k, n, self.target_arl)
+            ph_arl = self.target_arl
+            if self._tl_hi_ref >= 0:
+                self._tl_hi_ref += self._tl_hi_blk
+                self._tl_lo_ref += self._tl_lo_blk
+                up_h = tail_threshold(self._tl_hi_ref, n, self.target_arl)
+                down_h = tail_threshold(self._tl_lo_ref, n, self.target_arl)
+                self._tu_threshold, self._td_threshold = up_h, down_h
+                self._tu_up, self._tu_down = tail_steps(self._tl_hi_ref, n)
+                self._td_up, self._td_down = tail_steps(self._tl_lo_ref, n)
+                if up_h < math.inf or down_h < math.inf:
+                    tails_on = True
+                    ph_arl = self.target_arl / (1.0 - TAIL_SHARE)
+            threshold = ph_threshold_continuous(self._shape, self._config.k, n, ph_arl)
         self._blk_n = 0
         self._blk_sum = self._blk_sumsq = 0.0
         self._raw_blk_sum = self._raw_blk_sumsq = 0.0
+        self._tl_hi_blk = self._tl_lo_blk = 0
         if self._config.page_hinkley:
             # A new test on the new reference (as a new river PageHinkley would be).
             self._ph_on = True
             self._ph_threshold = threshold
             self._rb_on = rare_threshold < math.inf
             self._rb_threshold = rare_threshold
+            self._tl_on = tails_on
             self._ph_reset()
 
     # -- per event ------------------------------------------------------------------
@@ -507,6 +563,10 @@ class FeatureStream:
                 else:
                     lo = gx[i - 1]
                     x = gs[i - 1] + (gs[i] - gs[i - 1]) * (x - lo) / (gx[i] - lo)
+                if x > _TZ:
+                    self._tl_hi_blk += 1
+                elif x < -_TZ:
+                    self._tl_lo_blk += 1
             z = (x - self._mean) * self._inv_sd
             if z > _ZC:
                 z = _ZC
@@ -557,6 +617,27 @@ class FeatureStream:
                         self._ph_threshold,
                         self._ph_n - self._rb_zero_at,
                     )
+            if self._tl_on:
+                # The tail CUSUMs (calibration.tail_steps): exceedances of the normal scores'
+                # 90th percentile, above and below.
+                r = self._tu_s + (self._tu_up if x > _TZ else -self._tu_down)
+                if r <= 0.0:
+                    r = 0.0
+                    self._tu_zero_at = self._ph_n
+                self._tu_s = r
+                lo = self._td_s + (self._td_up if x < -_TZ else -self._td_down)
+                if lo <= 0.0:
+                    lo = 0.0
+                    self._td_zero_at = self._ph_n
+                self._td_s = lo
+                if r > self._tu_threshold or lo > self._td_threshold:
+                    since = self._tu_zero_at if r > self._tu_threshold else self._td_zero_at
+                    return self._alarm(
+                        "page_hinkley",
+                        self._ph_statistic(),
+                        self._ph_threshold,
+                        self._ph_n - since,
+                    )
         helper = self._adwin_helper
         if helper is not None and helper.update(a_in):  # type: ignore[attr-defined]
             assert self._adwin is not None
@@ -575,6 +656,9 @@ class FeatureStream:
         up, down = self._ph_inc - self._ph_min, self._ph_max - self._ph_dec
         if self._rb_on and self._rare_statistic() > max(up, down):
             return int(self._ph_n - self._rb_zero_at)
+        if self._tl_on and self._tail_statistic() > max(up, down):
+            up_tail = self._tu_s / self._tu_threshold >= self._td_s / self._td_threshold
+            return int(self._ph_n - (self._tu_zero_at if up_tail else self._td_zero_at))
         if up >= down:
             return int(self._ph_n - self._ph_argmin)
         return int(self._ph_n - self._ph_argmax)
@@ -582,6 +666,13 @@ class FeatureStream:
     def _rare_statistic(self) -> float:
         """The rare-rate CUSUM on Page-Hinkley's scale: the same fraction of its threshold."""
         return float(self._rb_s / self._rb_threshold * self._ph_threshold)
+
+    def _tail_statistic(self) -> float:
+        """The larger tail CUSUM on Page-Hinkley's scale, as :meth:`_rare_statistic`."""
+        return float(
+            max(self._tu_s / self._tu_threshold, self._td_s / self._td_threshold)
+            * self._ph_threshold
+        )
 
     def _ph_statistic(self) -> float:
         """The larger of the upward and downward Page-Hinkley (CUSUM) values and, on a rare
@@ -592,6 +683,8 @@ class FeatureStream:
         stat = max(self._ph_inc - self._ph_min, self._ph_max - self._ph_dec, 0.0)
         if self._rb_on:
             stat = max(stat, self._rare_statistic())
+        if self._tl_on:
+            stat = max(stat, self._tail_statistic())
         return float(stat)
 
     @property
@@ -624,6 +717,8 @@ class FeatureStream:
             # Pickled before normal scores: raw values (identity transform) until the next
             # relearn; the raw sums are the sums.
             state = (*state, None, None, *(state[i] for i in _RAW_FROM))
+        if len(state) == _FIELDS_BEFORE_TAILS:
+            state = (*state, *_TAILS_OFF)
         # STATE_FIELDS in order, unpacked into the typed fields (a test checks the order): a
         # setattr loop over STATE_FIELDS restores a third slower in the compiled build.
         (
@@ -672,6 +767,21 @@ class FeatureStream:
             self._raw_ref_sum,
             self._raw_ref_sumsq,
             self._raw_mean,
+            self._tl_on,
+            self._tl_hi_blk,
+            self._tl_lo_blk,
+            self._tl_hi_ref,
+            self._tl_lo_ref,
+            self._tu_up,
+            self._tu_down,
+            self._tu_threshold,
+            self._tu_s,
+            self._tu_zero_at,
+            self._td_up,
+            self._td_down,
+            self._td_threshold,
+            self._td_s,
+            self._td_zero_at,
         ) = state
         self._warmup = self._config.warmup
         self._binary = self.kind == "binary"

@@ -7,6 +7,10 @@ import pytest
 
 from driftmon.core.calibration import (
     RARE_SHARE,
+    TAIL_MIN_REF,
+    TAIL_RATE_MAX,
+    TAIL_RATE_MIN,
+    TAIL_SHARE,
     _BinaryRates,
     _siegmund_arl,
     _siegmund_offset,
@@ -21,6 +25,8 @@ from driftmon.core.calibration import (
     rare_steps,
     rare_threshold_binary,
     shape_table,
+    tail_steps,
+    tail_threshold,
     two_point_cycle,
     two_point_root,
 )
@@ -280,6 +286,37 @@ def test_a_rare_rate_shares_page_hinkleys_budget_with_its_likelihood_ratio_cusum
     assert shared > alone and shared == pytest.approx(half, rel=0.01)
     common = ph_threshold_binary(60, 600, 0.25, 2e4)
     assert ph_threshold_binary(60, 600, 0.25, 2e4, rare_share=True) == common
+
+
+def _tail_posterior_rate(successes, n_ref, h, target):
+    rates = _BinaryRates(
+        successes,
+        n_ref,
+        0.0,
+        1e-4 * target,
+        likelihood_ratio=True,
+        steps=tail_steps(successes, n_ref),
+    )
+    return float(rates.weights @ rates._exact(0, h))
+
+
+@pytest.mark.parametrize(("successes", "n_ref"), [(124, 1200), (247, 2400), (108, 2400)])
+def test_tail_threshold_is_the_smallest_meeting_half_its_share(successes, n_ref):
+    target_arl = 3.4e7
+    share = TAIL_SHARE / 2 / target_arl
+    h = tail_threshold(successes, n_ref, target_arl)
+    assert _tail_posterior_rate(successes, n_ref, h, share) <= share
+    assert _tail_posterior_rate(successes, n_ref, 0.995 * h, share) > share
+
+
+def test_tails_wait_for_a_large_enough_reference_and_a_small_enough_rate():
+    up, down = tail_steps(240, 2400)
+    assert up == pytest.approx(math.log(2.0)) and 0.11 < down < 0.13
+    assert math.isinf(tail_threshold(60, TAIL_MIN_REF // 2, 3.4e7))
+    assert math.isinf(tail_threshold(int(TAIL_RATE_MAX * 2400) + 2, 2400, 3.4e7))
+    assert math.isinf(tail_threshold(int(TAIL_RATE_MIN * 2400) - 2, 2400, 3.4e7))
+    # More reference, a better known rate, a lower threshold.
+    assert tail_threshold(120, 1200, 3.4e7) > tail_threshold(480, 4800, 3.4e7)
 
 
 @pytest.mark.slow

@@ -273,6 +273,84 @@ def test_a_stream_pickled_before_the_rare_rate_cusum_restores_without_it():
     assert old._rb_on and old._rb_threshold == s._rb_threshold
 
 
+# --- continuous tails: likelihood-ratio CUSUMs of tail exceedances (issue 16, item 3) -----
+
+
+def _spread_canary(seed, share, tails=True, monkeypatch=None, before=3000, after=4000):
+    """``before`` N(0, 1) values, then ``share`` of them from N(0, 3²): the mean does not
+    move, the tails grow. Values after the start to the first alarm (None: none)."""
+    s = FeatureStream("output_chars", "continuous", DEFAULT_TARGET, DetectorConfig())
+    if not tails:
+        assert monkeypatch is not None
+        monkeypatch.setattr(detectors, "tail_threshold", lambda *_: math.inf)
+    rng = random.Random(seed)
+    for i in range(before + after):
+        wide = i >= before and rng.random() < share
+        alarm = s.update(rng.gauss(0.0, 3.0 if wide else 1.0))
+        if alarm is not None:
+            assert i >= before, "a false alarm before the change"
+            return i - before, alarm
+    return None
+
+
+def test_a_share_of_traffic_spread_wider_is_caught_by_the_tail_cusums(monkeypatch):
+    # A canary that leaves the mean alone (30 % of answers from a wider distribution, say
+    # far shorter and far longer ones): the mean CUSUM and ADWIN barely see it.
+    with_tails = [_spread_canary(seed, 0.3) for seed in range(10)]
+    assert all(r is not None and r[1].detector == "page_hinkley" for r in with_tails)
+    delays = sorted(r[0] for r in with_tails if r is not None)
+    assert delays[5] < 1000, delays
+    without = [_spread_canary(seed, 0.3, False, monkeypatch) for seed in range(10)]
+    assert sum(r is not None for r in without) <= 3, without
+
+
+def test_the_tails_are_watched_from_a_reference_of_1200_and_share_the_budget():
+    s = FeatureStream("output_chars", "continuous", DEFAULT_TARGET, DetectorConfig())
+    rng = random.Random(4)
+    thresholds = {}
+    for _ in range(2400):
+        s.update(rng.gauss(0.0, 1.0))
+        thresholds[s.ref_n] = (s._tl_on, s._ph_threshold, s._tu_threshold, s._td_threshold)
+    assert thresholds[300][0] is False and thresholds[600][0] is False
+    on, ph, up, down = thresholds[1200]
+    assert on and 10 < up < 40 and 10 < down < 40
+    # ~10 % of the scores in each tail of the reference, counted
+    assert 0.06 < s._tl_hi_ref / s.ref_n < 0.14 and 0.06 < s._tl_lo_ref / s.ref_n < 0.14
+    # Page-Hinkley keeps 1 - TAIL_SHARE of its budget: a slightly higher threshold
+    from driftmon.core.calibration import TAIL_SHARE, ph_threshold_continuous
+
+    assert s._shape is not None
+    alone = ph_threshold_continuous(s._shape, 0.25, 1200, DEFAULT_TARGET)
+    shared = ph_threshold_continuous(s._shape, 0.25, 1200, DEFAULT_TARGET / (1 - TAIL_SHARE))
+    assert ph == shared > alone
+
+
+def test_a_constant_warm_up_has_no_tails():
+    s = _stream(warmup=100)
+    for _ in range(1300):
+        s.update(5.0)
+    assert s.ref_n >= 800 and not s._tl_on and s._tl_hi_ref == -1
+
+
+def test_a_stream_pickled_before_the_tail_cusums_restores_without_them():
+    s = FeatureStream("output_chars", "continuous", DEFAULT_TARGET, DetectorConfig())
+    rng = random.Random(6)
+    for _ in range(1000):
+        s.update(rng.gauss(0.0, 1.0))
+    restore, state = s.__reduce__()
+    old = restore(*state[: STATE_FIELDS.index("_tl_on")])  # the 45 fields held before
+    assert not old._tl_on and old._tl_hi_ref == -1
+    for _ in range(1400):  # past the merge at 1 200, where s starts watching its tails
+        x = rng.gauss(0.0, 1.0)
+        assert old.update(x) is None and s.update(x) is None
+    assert s._tl_on and not old._tl_on  # its reference's exceedances were never counted
+    assert old.statistics().keys() == s.statistics().keys()
+    old.relearn()
+    for _ in range(1200):
+        old.update(rng.gauss(0.0, 1.0))
+    assert old._tl_on
+
+
 def _first_alarm(stream, values):
     for i, x in enumerate(values):
         alarm = stream.update(x)
@@ -347,7 +425,7 @@ def test_the_pxd_types_exactly_the_declared_fields_and_exposes_the_state() -> No
     fields = _pxd_fields()
     assert set(fields) == set(FeatureStream.__slots__)
     assert set(STATE_FIELDS) <= set(FeatureStream.__slots__)
-    assert len(STATE_FIELDS) == len(set(STATE_FIELDS)) == 45
+    assert len(STATE_FIELDS) == len(set(STATE_FIELDS)) == 60
     assert [f for f in STATE_FIELDS if not fields[f][0]] == []  # pickling reads them by name
 
 
