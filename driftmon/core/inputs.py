@@ -46,11 +46,12 @@ detected change began before the fit that followed the last input alarm; otherwi
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache, reduce
 from importlib.machinery import EXTENSION_SUFFIXES
-from operator import or_
+from operator import itemgetter, or_
+from struct import Struct
 from typing import Any, Final
 
 import numpy as np
@@ -445,6 +446,19 @@ class AttributionConfig:
     z_clip: float = 4.0
 
 
+def _packer(targets: tuple[str, ...]) -> Callable[[dict[str, float]], bytes]:
+    """An event's values of ``targets`` as doubles (bytes), read and packed in C (a list
+    and ``array.extend`` convert each value through argument parsing); KeyError when one
+    is missing."""
+    pack = Struct(f"{len(targets)}d").pack
+    if not targets:
+        return lambda _features: b""
+    get = itemgetter(*targets)
+    if len(targets) == 1:
+        return lambda features: pack(get(features))
+    return lambda features: pack(*get(features))
+
+
 @lru_cache(maxsize=8)
 def _packed_index(d: int) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """Row and column of each entry of a packed upper triangle of a d × d matrix."""
@@ -478,6 +492,7 @@ class InputModel:
         # While not fitted, the pending events' output values, row after row: as doubles,
         # not the events' float objects, whose memory the pipeline then reuses at once.
         self._outputs = array("d")
+        self._packer: Callable[[dict[str, float]], bytes] | None = None  # not pickled
         self._reset_reference()
 
     def _reset_reference(self) -> None:
@@ -493,6 +508,11 @@ class InputModel:
         self._cusum: FloatArray | None = None
         self._new_version_share = 0.0
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_packer", None)
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "_outputs" not in state:  # pickled before _outputs: values in the pending entries
             pending = state["_pending"]
@@ -500,6 +520,7 @@ class InputModel:
             state["_outputs"] = array("d", [value for row in rows for value in row])
             state["_pending"] = [entry[:5] for entry in pending]
         self.__dict__.update(state)
+        self._packer = None
 
     def observe(self, prompt: Prompt, features: dict[str, float], event: int) -> None:
         """Take one event (``event``: the key's event count, for :attr:`drift_since`)."""
@@ -508,11 +529,13 @@ class InputModel:
             if self.targets is None:
                 names = [n for n in features if n not in _SKIPPED_TARGETS]
                 self.targets = tuple(names[:MAX_TARGETS])
+            packer = self._packer
+            if packer is None:
+                packer = self._packer = _packer(self.targets)
             try:
-                y = [features[n] for n in self.targets]
+                self._outputs.frombytes(packer(features))
             except KeyError:  # an event without every target (text not captured): not fitted
                 return
-            self._outputs.extend(y)
         text, tokens, version = prompt
         # Only the head is kept: a long prompt (a RAG context) must not grow the key's state.
         head, length = (text[:HEAD_CHARS], len(text)) if text else ("", 0)

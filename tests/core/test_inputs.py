@@ -8,6 +8,7 @@ import json
 import pickle
 import random
 import sys
+from array import array
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -394,3 +395,26 @@ def test_an_input_model_pickled_with_outputs_in_its_pending_events_restores() ->
     restored.flush()
     assert restored.alarms == model.alarms >= 1 and restored.last_alarm == model.last_alarm
     np.testing.assert_array_equal(restored.coef, model.coef)
+
+
+def test_output_values_are_packed_as_the_doubles_an_array_would_hold() -> None:
+    """The unfitted model's output values go through ``_packer`` (itemgetter and struct, in
+    C): the bytes ``array("d")`` would hold, for any number of targets; a missing target
+    raises KeyError (the event is then not part of the reference); the packer is never
+    pickled."""
+    from driftmon.core.inputs import _packer
+
+    features = {"a": 1.5, "b": -2.0, "c": 3, "d": 1e300}
+    for targets in ((), ("a",), ("a", "c", "d")):
+        expected = array("d", [features[n] for n in targets]).tobytes()
+        assert _packer(targets)(features) == expected
+    with pytest.raises(KeyError):
+        _packer(("a", "missing"))(features)
+    model = InputModel(AttributionConfig(reference_events=400))
+    model.observe(("a prompt", None, None), {"output_chars": 5.0}, 1)
+    model.observe(("a prompt", None, None), {"list_items": 1.0}, 2)  # no output_chars
+    assert list(model._outputs) == [5.0] and len(model._pending) == 1
+    restored = pickle.loads(pickle.dumps(model))
+    assert "_packer" not in model.__getstate__() and restored._packer is None
+    restored.observe(("a prompt", None, None), {"output_chars": 6.0}, 3)
+    assert list(restored._outputs) == [5.0, 6.0]
