@@ -676,8 +676,9 @@ class FeatureStream:
 
     def _ph_statistic(self) -> float:
         """The larger of the upward and downward Page-Hinkley (CUSUM) values and, on a rare
-        0/1 rate, of its likelihood-ratio CUSUM rescaled to the same threshold: one
-        statistic that crosses the one threshold when the detector fires."""
+        0/1 rate, of its likelihood-ratio CUSUM (on a continuous feature, of its tail
+        CUSUMs) rescaled to the same threshold: one statistic that crosses the one
+        threshold when the detector fires."""
         if not self._ph_n:
             return 0.0
         stat = max(self._ph_inc - self._ph_min, self._ph_max - self._ph_dec, 0.0)
