@@ -1,6 +1,7 @@
 # Types for compiling detectors.py with Cython (an "augmenting" .pxd): the .py file stays
 # the one source and runs as plain Python where the extension is not built.
 import cython
+cimport cpython.array
 
 
 
@@ -9,6 +10,7 @@ cdef double _EWMA
 cdef double _TZ
 cdef double _INV_SQRT2
 cdef list _NO_ALARMS
+cdef bint _COMPILED
 
 
 # The fields of driftmon.core.detectors.STATE_FIELDS are public: pickling reads and writes
@@ -55,8 +57,8 @@ cdef class FeatureStream:
     cdef public double _blk_sumsq
     cdef public double _ref_sum
     cdef public double _ref_sumsq
-    cdef public object _gx
-    cdef public object _gs
+    cdef public cpython.array.array _gx
+    cdef public cpython.array.array _gs
     cdef public double _raw_blk_sum
     cdef public double _raw_blk_sumsq
     cdef public double _raw_ref_sum
@@ -80,7 +82,9 @@ cdef class FeatureStream:
 
     @cython.locals(cur=cython.double, z=cython.double, a_in=cython.double,
                    inc=cython.double, dec=cython.double, r=cython.double,
-                   i=cython.Py_ssize_t, lo=cython.double)
+                   i=cython.Py_ssize_t, lo=cython.double, hi=cython.Py_ssize_t,
+                   mid=cython.Py_ssize_t, gx=cpython.array.array, gs=cpython.array.array,
+                   px=cython.p_double, ps=cython.p_double)
     cpdef object update(self, double x)
 
     cpdef double _ph_statistic(self)

@@ -35,6 +35,7 @@ import math
 from array import array
 from bisect import bisect_right as _bisect
 from dataclasses import dataclass
+from importlib.machinery import EXTENSION_SUFFIXES
 from operator import attrgetter
 from statistics import NormalDist
 from typing import Any, Final, Literal
@@ -93,6 +94,10 @@ _QUANTILE_POSITIONS = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
 # the most extreme warm-up value (the calibration assumes the warm-up's score distribution).
 _TAIL_SDS = 8.0
 _NORMAL = NormalDist()
+# The Cython extension is loaded (see setup.py), not this source: the score map is then
+# read through C pointers into its arrays (bisect on an array.array makes a float object
+# per comparison, and the map is read on every continuous value).
+_COMPILED = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 
 
 def normal_scores(values: FloatArray) -> tuple[array[float], array[float]] | tuple[None, None]:
@@ -555,14 +560,33 @@ class FeatureStream:
             if gx is not None:
                 # The reference's normal scores (normal_scores), piecewise linear.
                 gs: Any = self._gs
-                i = _bisect(gx, x)
-                if i == 0:
-                    x = gs[0]
-                elif i == len(gx):
-                    x = gs[i - 1]
+                if _COMPILED:
+                    # bisect_right as a loop over the knots (C pointers: gx and gs are
+                    # typed arrays in detectors.pxd; never run as plain Python).
+                    px, ps = gx.data.as_doubles, gs.data.as_doubles
+                    i, hi = 0, len(gx)
+                    while i < hi:
+                        mid = (i + hi) >> 1
+                        if x < px[mid]:
+                            hi = mid
+                        else:
+                            i = mid + 1
+                    if i == 0:
+                        x = ps[0]
+                    elif i == len(gx):
+                        x = ps[i - 1]
+                    else:
+                        lo = px[i - 1]
+                        x = ps[i - 1] + (ps[i] - ps[i - 1]) * (x - lo) / (px[i] - lo)
                 else:
-                    lo = gx[i - 1]
-                    x = gs[i - 1] + (gs[i] - gs[i - 1]) * (x - lo) / (gx[i] - lo)
+                    i = _bisect(gx, x)
+                    if i == 0:
+                        x = gs[0]
+                    elif i == len(gx):
+                        x = gs[i - 1]
+                    else:
+                        lo = gx[i - 1]
+                        x = gs[i - 1] + (gs[i] - gs[i - 1]) * (x - lo) / (gx[i] - lo)
                 if x > _TZ:
                     self._tl_hi_blk += 1
                 elif x < -_TZ:

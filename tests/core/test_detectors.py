@@ -417,7 +417,7 @@ PXD = Path(detectors.__file__).with_name("detectors.pxd")
 def _pxd_fields() -> dict[str, tuple[bool, str]]:
     """FeatureStream's fields in detectors.pxd: name → (public, C type)."""
     body = PXD.read_text().split("cdef class FeatureStream:")[1]
-    fields = re.findall(r"^    cdef (public )?(\w+(?: \w+)?) (\w+)$", body, re.M)
+    fields = re.findall(r"^    cdef (public )?(\w+(?: \w+)?|[\w.]+) (\w+)$", body, re.M)
     return {name: (bool(public), ctype) for public, ctype, name in fields}
 
 
@@ -446,6 +446,8 @@ def _sentinel_state() -> tuple[object, ...]:
             values.append(field == "_learning")
         elif ctype == "str":
             values.append(f"value {i}")
+        elif ctype == "cpython.array.array":
+            values.append(array("d", [i + 0.5]))
         else:
             values.append(SimpleNamespace(field=field))
     return tuple(values)
