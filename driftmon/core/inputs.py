@@ -524,8 +524,8 @@ class InputModel:
 
     def observe(self, prompt: Prompt, features: dict[str, float], event: int) -> None:
         """Take one event (``event``: the key's event count, for :attr:`drift_since`)."""
-        self._event = event
         if not self.fitted:
+            self._event = event  # read by the fit that ends the reference
             if self.targets is None:
                 names = [n for n in features if n not in _SKIPPED_TARGETS]
                 self.targets = tuple(names[:MAX_TARGETS])

@@ -247,7 +247,18 @@ class Monitor:
             state.events += 1
         alarms = update_streams(state.streams, features, state.target_arl, self.config.detector)
         if prompt is not None and self.config.attribution.enabled:
-            self._observe_input(state, prompt, features)
+            # Inline, not a method: it runs on every event that carries a prompt.
+            try:
+                inputs = state.inputs
+                if inputs is None:
+                    inputs = state.inputs = InputModel(self.config.attribution)
+                inputs.observe(prompt, features, state.events)
+                if inputs.rebaseline_due:
+                    self._rebaseline(state)
+            except Exception as exc:  # the input side must never cost the output side its
+                # detections: the key's input model starts again, the error is counted
+                state.inputs = None
+                self.input_errors[type(exc).__name__] += 1
         if not alarms:
             return []
         since = [a.since_onset for a in alarms if a.since_onset >= 0]
@@ -270,25 +281,13 @@ class Monitor:
             for a in alarms
         ]
 
-    def _observe_input(self, state: KeyState, prompt: Prompt, features: dict[str, float]) -> None:
-        try:
-            if state.inputs is None:
-                state.inputs = InputModel(self.config.attribution)
-            state.inputs.observe(prompt, features, state.events)
-            if state.inputs.rebaseline_due:
-                self._rebaseline(state)
-        except Exception as exc:  # the input side must never cost the output side its
-            # detections: the key's input model starts again, the error is counted
-            state.inputs = None
-            self.input_errors[type(exc).__name__] += 1
-
     def _input_drift(self, state: KeyState, since_onset: int | None = None) -> bool:
         try:
             drift = state.input_drift(since_onset)
             if state.inputs is not None and state.inputs.rebaseline_due:
                 self._rebaseline(state)
             return drift
-        except Exception as exc:  # as in _observe_input
+        except Exception as exc:  # as in update
             state.inputs = None
             self.input_errors[type(exc).__name__] += 1
             return False
