@@ -563,7 +563,7 @@ class FeatureStream:
                 if _COMPILED:
                     # bisect_right as a loop over the knots (C pointers: gx and gs are
                     # typed arrays in detectors.pxd; never run as plain Python).
-                    px, ps = gx.data.as_doubles, gs.data.as_doubles
+                    px, ps = gx.data.as_doubles, gs.data.as_doubles  # type: ignore[attr-defined]
                     i, hi = 0, len(gx)
                     while i < hi:
                         mid = (i + hi) >> 1
