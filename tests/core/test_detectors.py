@@ -460,6 +460,30 @@ def test_restoring_sets_each_field_of_the_declaration_from_its_position() -> Non
     assert stream.__reduce__() == (detectors._restore_stream, state)
 
 
+def test_a_malformed_normal_score_map_is_refused_on_restore() -> None:
+    """Compiled, the map is read through C pointers: a snapshot whose map arrays differ in
+    length or type (or lack one of the two) must not restore."""
+    s = _stream(warmup=100)
+    rng = random.Random(3)
+    for _ in range(150):
+        s.update(rng.gauss(0.0, 1.0))
+    _, state = s.__reduce__()
+    at_gx, at_gs = STATE_FIELDS.index("_gx"), STATE_FIELDS.index("_gs")
+    gx, gs = state[at_gx], state[at_gs]
+    assert gx is not None and len(gx) == len(gs) > 2
+    detectors._restore_stream(*state)  # the map as pickled restores
+    for bad_gx, bad_gs in (
+        (gx, gs[:-1]),
+        (gx, None),
+        (gx, array("f", gs)),
+        (array("d"), array("d")),
+    ):
+        bad = list(state)
+        bad[at_gx], bad[at_gs] = bad_gx, bad_gs
+        with pytest.raises(ValueError, match="normal-score map"):
+            detectors._restore_stream(*bad)
+
+
 def test_a_pickled_stream_holds_the_declared_fields_in_order() -> None:
     s = _stream(warmup=100)
     rng = random.Random(2)
