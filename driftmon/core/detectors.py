@@ -813,8 +813,7 @@ class FeatureStream:
         self._adwin_helper = None if self._adwin is None else self._adwin._helper
         gx, gs = self._gx, self._gs
         if (gx is None) != (gs is None) or (
-            gx is not None
-            and not (gx.typecode == gs.typecode == "d" and len(gx) == len(gs) > 0)
+            gx is not None and not (gx.typecode == gs.typecode == "d" and len(gx) == len(gs) > 0)
         ):
             # Compiled, update reads the map through C pointers: never a malformed one.
             raise ValueError(f"{self.name}: the snapshot's normal-score map is malformed")
