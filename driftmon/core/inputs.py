@@ -63,6 +63,7 @@ FloatArray = NDArray[np.float64]
 
 HEAD_CHARS: Final = 300  # every feature but the length reads the prompt's head
 _WORDS: Final = 40  # the words looked up in the lexicon: the first ones (the rest as one)
+assert _WORDS + 2 == 42, "_scan's word arrays (inputs.pxd) hold _WORDS + 2 entries"
 _LEXICON: Final[dict[str, tuple[str, ...]]] = {
     "write": ("write", "writing", "compose", "draft", "author"),
     "list": ("list", "name", "steps", "enumerate", "outline", "ways", "tips", "examples"),
@@ -154,26 +155,36 @@ _BIT_SHIFTS: Final = np.arange(_TOKENS_AT - _FLAGS_AT)
 _WORD_TABLE: Final = bytes(
     b if (b == 0 or 48 <= b <= 57 or 97 <= b <= 122 or b >= 128) else 32 for b in range(256)
 )
-# For _scan: per byte its class (NUL a space, as _count makes it), and for a word byte its
-# lower-case value (0: not a word byte).
+# For _scan: per byte its class (NUL a space, as _count makes it), as an increment of one
+# 9-bit lane per counted class (class k in bits 9(k-1)..9k-1: a head of at most HEAD_CHARS
+# characters has at most 300 bytes of one ASCII class, so no lane overflows), and for a
+# word byte its lower-case value (0: not a word byte).
+_LANE_BITS: Final = 9
 _SCAN_CLASS: Final = bytes(1 if b == 0 else int(_CLASS_OF[b]) for b in range(256))
+_SCAN_INC: Final = np.array(
+    [1 << (_LANE_BITS * (k - 1)) if k else 0 for k in _SCAN_CLASS], dtype=np.int64
+)
 _SCAN_WORD: Final = bytes(
     b + 32 if 65 <= b <= 90 else b if (48 <= b <= 57 or 97 <= b <= 122 or b >= 128) else 0
     for b in range(256)
 )
 # The words of _WORD_BITS and _FIRST as an open-addressing table that _scan reads without
-# making a Python object per word: slot = FNV-1a hash of the word & (_SLOTS - 1), then the
-# next slots; per slot the word (_SLOT_BYTES bytes, zero-padded), its length (0: empty), its
-# lexicon bits and its first-word bits (wh 1, aux 2).
-_SLOTS: Final = 512
+# making a Python object per word: slot = _slot_hash of the word, then the next slots; per
+# slot the word (_SLOT_BYTES bytes, zero-padded), its length (0: empty), its lexicon bits
+# and its first-word bits (wh 1, aux 2). Sparse (about 1 slot in 6 used), so that a word
+# not in it mostly finds an empty slot at once.
+_SLOTS: Final = 1024
+_SLOT_BITS: Final = 10  # log2(_SLOTS)
 _SLOT_BYTES: Final = 16
+_GOLDEN: Final = 2654435761  # 2^32 / golden ratio: Knuth's multiplicative hash
 
 
-def _fnv1a(word: bytes) -> int:
-    h = 2166136261
-    for c in word:
-        h = (h ^ c) * 16777619 & 0xFFFFFFFF
-    return h
+def _slot_hash(word: bytes) -> int:
+    """The first slot of a (lower-case) word: a multiplicative hash of its first two bytes,
+    its last byte and its length, which _scan reads without a loop over the word."""
+    second = word[1] if len(word) > 1 else 0
+    key = word[0] << 16 ^ second << 8 ^ word[-1] ^ len(word) << 24
+    return (key * _GOLDEN & 0xFFFFFFFF) >> (32 - _SLOT_BITS)
 
 
 def _slot_table() -> tuple[bytes, bytes, NDArray[np.int64], bytes]:
@@ -181,7 +192,7 @@ def _slot_table() -> tuple[bytes, bytes, NDArray[np.int64], bytes]:
     lex, first = np.zeros(_SLOTS, np.int64), bytearray(_SLOTS)
     for word in {*_WORD_BITS, *_FIRST}:
         assert 0 < len(word) < _SLOT_BYTES
-        slot = _fnv1a(word) & (_SLOTS - 1)
+        slot = _slot_hash(word)
         while lengths[slot]:
             slot = (slot + 1) & (_SLOTS - 1)
         words[slot * _SLOT_BYTES : slot * _SLOT_BYTES + len(word)] = word
@@ -269,15 +280,23 @@ def _scan(
     fold_of: FloatArray,
 ) -> None:
     """:func:`_count` into ``x`` (zeros), one head at a time in one pass over its UTF-8
-    bytes: classes from ``_SCAN_CLASS``, words from ``_SCAN_WORD``, looked up in the slot
-    table; and into ``fold_of`` what :func:`_block` takes the fold of. Compiled (typed in
-    ``inputs.pxd``), it makes no Python object but the encoded head; as plain Python it is
-    slower than :func:`_count` and not used."""
-    rows, lex, sums = x, _SLOT_LEX, fold_of
-    tables = (_SCAN_CLASS, _SCAN_WORD, _SLOT_WORDS, _SLOT_LENGTHS, _SLOT_FIRST)
-    classes, word_bytes, slot_words, slot_lengths, slot_first = tables
+    bytes, and into ``fold_of`` what :func:`_block` takes the fold of. The pass has no
+    branch that depends on the text (a branch per word boundary mispredicted twice a word
+    and set its speed): it sums the bytes' class increments (``_SCAN_INC``, one lane per
+    class) and notes where the first ``_WORDS`` + 1 words start and end (``_SCAN_WORD``);
+    then those words are looked up in the slot table. Compiled (typed in ``inputs.pxd``),
+    it makes no Python object but the encoded head; as plain Python it is slower than
+    :func:`_count` and not used."""
+    rows, lex, sums, inc = x, _SLOT_LEX, fold_of, _SCAN_INC
+    tables = (_SCAN_WORD, _SLOT_WORDS, _SLOT_LENGTHS, _SLOT_FIRST)
+    word_bytes, slot_words, slot_lengths, slot_first = tables
     limit, flags_at, tokens_at = _WORDS, _FLAGS_AT, _TOKENS_AT
     width, last_slot, bits32 = _SLOT_BYTES, _SLOTS - 1, 0xFFFFFFFF
+    shift, golden, lane, lane_mask = 32 - _SLOT_BITS, _GOLDEN, _LANE_BITS, (1 << _LANE_BITS) - 1
+    # Where each of the first _WORDS + 1 words starts and ends (+ 1 slot written past them;
+    # a literal: the compiled arrays' size, _WORDS + 2, checked where _WORDS is defined).
+    starts = [0] * 42
+    ends = [0] * 42
     for i in range(len(heads)):
         size = lengths[i]
         rows[i, 0] = 1.0
@@ -291,45 +310,51 @@ def _scan(
         raw = head.encode("utf-8", "surrogatepass")
         p = raw
         n = len(raw)
-        counts = [0, 0, 0, 0, 0, 0, 0, 0]  # per byte class (_CLASSES, after "other")
-        mask = words = 0
-        start = -1
-        h = 0
-        for j in range(n + 1):
-            b = p[j] if j < n else 46  # after the last byte, a "." (class 0) ends a word
-            counts[classes[b]] += 1
-            c = word_bytes[b]
-            if c:
-                if start < 0:
-                    start, h = j, 2166136261
-                h = (h ^ c) * 16777619 & bits32
+        acc = 0
+        begun = ended = 0
+        inside = 0  # the previous byte was a word byte
+        for j in range(n):
+            b = p[j]
+            acc += inc[b]
+            w = word_bytes[b] != 0
+            # Always written, kept only when a word starts (ends) here and fewer than
+            # _WORDS + 1 have: the count moves by 0 or 1 without a branch.
+            starts[begun] = j
+            begun += (w > inside) & (begun <= limit)
+            ends[ended] = j
+            ended += (inside > w) & (ended <= limit)
+            inside = w
+        if inside and ended <= limit:
+            ends[ended] = n
+            ended += 1
+        # bytes.split(None, _WORDS) makes the words after the first _WORDS one piece: that
+        # piece is a word only if it ends the head.
+        mask = 0
+        for k in range(ended):
+            start = starts[k]
+            length = ends[k] - start
+            if length >= width or (k == limit and ends[k] != n):
                 continue
-            if start < 0:
-                continue
-            # A word ends at j. bytes.split(None, _WORDS) makes the words after the first
-            # _WORDS one piece: that piece is a word only if it ends the head.
-            length = j - start
-            if length < width and (words < limit or (words == limit and j == n)):
-                slot = h & last_slot
-                while slot_lengths[slot]:
-                    if slot_lengths[slot] == length:
-                        q = 0
-                        while (
-                            q < length and word_bytes[p[start + q]] == slot_words[slot * width + q]
-                        ):
-                            q += 1
-                        if q == length:
-                            mask |= lex[slot]
-                            if words == 0:
-                                mask |= slot_first[slot]
-                            break
-                    slot = (slot + 1) & last_slot
-            words += 1
-            start = -1
-        rows[i, 2] += counts[1] + counts[2]  # words ≈ separators + 1
+            h = word_bytes[p[start]] << 16 ^ word_bytes[p[start + length - 1]] ^ length << 24
+            if length > 1:
+                h ^= word_bytes[p[start + 1]] << 8
+            slot = (h * golden & bits32) >> shift
+            while slot_lengths[slot]:
+                if slot_lengths[slot] == length:
+                    q = 0
+                    while q < length and word_bytes[p[start + q]] == slot_words[slot * width + q]:
+                        q += 1
+                    if q == length:
+                        mask |= lex[slot]
+                        if k == 0:
+                            mask |= slot_first[slot]
+                        break
+                slot = (slot + 1) & last_slot
+        spaces, newlines = acc & lane_mask, acc >> lane & lane_mask
+        rows[i, 2] += spaces + newlines  # words ≈ separators + 1
         sums[i] = rows[i, 1] + 3 * rows[i, 2] + rows[i, tokens_at]
         for k in range(2, 8):
-            rows[i, k + 1] = counts[k]
+            rows[i, k + 1] = acc >> (lane * (k - 1)) & lane_mask
         for bit in range(tokens_at - flags_at):
             if mask >> bit & 1:
                 rows[i, flags_at + bit] = 1.0
