@@ -160,6 +160,7 @@ _WORD_TABLE: Final = bytes(
 # characters has at most 300 bytes of one ASCII class, so no lane overflows), and for a
 # word byte its lower-case value (0: not a word byte).
 _LANE_BITS: Final = 9
+assert HEAD_CHARS < 1 << _LANE_BITS, "a class lane of _scan must hold a whole head's count"
 _SCAN_CLASS: Final = bytes(1 if b == 0 else int(_CLASS_OF[b]) for b in range(256))
 _SCAN_INC: Final = np.array(
     [1 << (_LANE_BITS * (k - 1)) if k else 0 for k in _SCAN_CLASS], dtype=np.int64
