@@ -28,6 +28,11 @@ whose summed KL reaches log(budget) for the ramp. KL per event is estimated per 
 from the answers' histograms (bins at A's quantiles, or A's distinct values, +½ per bin)
 and summed over features as if they were independent: an estimate, not a proof (features
 that move together carry less evidence than the sum; shapes the histograms blur, more).
+For ``fences`` it prints the code_fence stream's calibration after ``--fence-before``
+unfenced answers, the longest span of ``TARGET_FENCES`` fenced answers its rare-rate
+CUSUM fires on (so the share of runs within the target it can reach at ``--fence-rate``),
+and the same for the best any detector could do at that CUSUM's budget and at the
+feature's whole budget (see :func:`fence_bound`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from driftmon.config import pipeline_config
+from driftmon.core.detectors import STATE_FIELDS
 from driftmon.core.pipeline import Pipeline
 from driftmon.settings import Settings
 
@@ -236,6 +242,98 @@ def bound(a_name: str, b_name: str, args: argparse.Namespace, budget: float) -> 
     }
 
 
+# -- new behaviours: the most any detector can do at the budget ----------------------------
+#
+# A reference of 0 fenced answers in n does not say the rate is 0: the detectors are
+# calibrated over the Jeffreys posterior Beta(½, n + ½) of the rate, which allows ~1 %
+# after 0 in 600. Catching a new behaviour at its k-th occurrence means alarming on k
+# occurrences within some span; under the null the chance of that, averaged over the
+# posterior, grows with the span. Alarming on the shortest spans first is the best use of a
+# budget for "within k" (under both hypotheses a configuration's probability falls with its
+# span), so the longest span W whose null alarm rate fits the budget bounds the share of
+# runs any detector can catch within k: P(k occurrences within W events at the new rate).
+
+
+def _posterior_mean(fn: Any, successes: int, n_ref: int) -> float:
+    """E[fn(p)] over the Jeffreys posterior Beta(s + ½, n − s + ½) (numerical)."""
+    a, b = successes + 0.5, n_ref - successes + 0.5
+    log_norm = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+    p = np.geomspace(1e-12, 0.5, 20_001)
+    density = np.exp((a - 1.0) * np.log(p) + (b - 1.0) * np.log1p(-p) - log_norm)
+    y = fn(p) * density
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(p)) / 2.0)
+
+
+def _window_alarm_rate(p: Any, window: int, k: int) -> Any:
+    """Per event: the chance it is an occurrence with ≥ k − 1 more in the window − 1 before."""
+    m = window - 1
+    below = sum(math.comb(m, j) * p**j * (1.0 - p) ** (m - j) for j in range(k - 1))
+    return p * (1.0 - below)
+
+
+def _within(window: int, k: int, rate: float) -> float:
+    """P(the k-th occurrence comes within ``window`` events of the first, at ``rate``)."""
+    return sum(
+        math.comb(j + k - 2, k - 2) * rate ** (k - 1) * (1.0 - rate) ** j
+        for j in range(window - k + 1)
+    )
+
+
+def fence_bound(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """For the fences scenario: the code_fence stream's reference and calibration as the
+    pipeline builds them after ``--fence-before`` unfenced answers, the span its rare-rate
+    CUSUM allows for ``TARGET_FENCES`` occurrences, and the longest span any detector could
+    allow at the same budget (that CUSUM's, and the feature's whole budget)."""
+    from driftmon.core.calibration import RARE_SHARE, adwin_binary_rate_ratio
+
+    k, rate, n = TARGET_FENCES, args.fence_rate, args.fence_before
+    pipeline = Pipeline(pipeline_config(settings))
+    for i in range(n):
+        pipeline.process(_line("A plain answer.", i), i)
+    (state,) = pipeline.monitor.key_states()
+    stream = state.streams["code_fence"]
+    fields = dict(zip(STATE_FIELDS, stream.__reduce__()[1], strict=True))  # compiled too
+    ref_n, ref_ones = int(fields["ref_n"]), round(fields["_ref_sum"])
+    up, down, h = fields["_rb_up"], fields["_rb_down"], fields["_rb_threshold"]
+    cusum_span = k + math.floor((k * up - h) / down) if k * up >= h else None
+    # The rare CUSUM's budget as calibration gives it: RARE_SHARE of Page-Hinkley's plus
+    # the part of ADWIN's that ADWIN leaves unused at this rate (averaged over the posterior).
+    spent = _posterior_mean(adwin_binary_rate_ratio, ref_ones, ref_n)
+    budgets = {
+        "rare_rate_cusum": RARE_SHARE * (2.0 - spent) / stream.target_arl,
+        "whole_feature": 2.0 / stream.target_arl,
+    }
+    ceilings = {}
+    for name, budget in budgets.items():
+        window = k
+        while (
+            _posterior_mean(lambda p, w=window + 1: _window_alarm_rate(p, w, k), ref_ones, ref_n)
+            <= budget
+        ):
+            window += 1
+        ceilings[name] = {
+            "events_per_false_alarm": round(1.0 / budget),
+            "longest_span": window,
+            "share_within_target": round(_within(window, k, rate), 3),
+        }
+    return {
+        "reference_events": ref_n,
+        "fenced_in_reference": ref_ones,
+        "rate_after": rate,
+        "target_occurrences": k,
+        "rare_cusum": {
+            "rise": round(up, 3),
+            "fall": round(down, 3),
+            "threshold": round(h, 3),
+            "longest_span": cusum_span,
+            "share_within_target": None
+            if cusum_span is None
+            else round(_within(cusum_span, k, rate), 3),
+        },
+        "any_detector": ceilings,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
@@ -261,6 +359,7 @@ def main() -> None:
     if args.bound:
         budget = settings.detectors.events_per_false_alarm
         out["bound"] = [bound(a, b, args, budget) for a, b in PAIRS]
+        out["fences_bound"] = fence_bound(args, settings)
         print(json.dumps(out, indent=1))
         return
     for scenario in args.scenarios:
