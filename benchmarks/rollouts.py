@@ -249,9 +249,10 @@ def bound(a_name: str, b_name: str, args: argparse.Namespace, budget: float) -> 
 # after 0 in 600. Catching a new behaviour at its k-th occurrence means alarming on k
 # occurrences within some span; under the null the chance of that, averaged over the
 # posterior, grows with the span. Alarming on the shortest spans first is the best use of a
-# budget for "within k" (under both hypotheses a configuration's probability falls with its
-# span), so the longest span W whose null alarm rate fits the budget bounds the share of
-# runs any detector can catch within k: P(k occurrences within W events at the new rate).
+# budget for "within k" (the likelihood ratio of a span, the new rate against the
+# posterior, falls with its length), so the longest span W whose null alarm rate fits the
+# budget bounds the share of runs any detector can catch within k: P(k occurrences within
+# W events at the new rate). Approximately: the alarm rate per event is taken as 1/ARL.
 
 
 def _posterior_mean(fn: Any, successes: int, n_ref: int) -> float:
