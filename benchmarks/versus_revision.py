@@ -173,18 +173,28 @@ def workloads(synthetic_events: int, into: Path) -> dict[str, tuple[Path, int]]:
     return out
 
 
-def run_arm(tree: Path, events: Path, passes: int, cpu: str, env_extra: dict[str, str]) -> float:
+def _run_worker(
+    tree: Path, script: str, argv: list[str], cpu: str, env_extra: dict[str, str]
+) -> dict[str, Any]:
+    """``script`` in a fresh interpreter importing ``tree``'s driftmon, pinned to ``cpu``:
+    the JSON object its last line prints."""
     env = {**os.environ, "PYTHONPATH": str(tree), **env_extra}
-    command = [sys.executable, "-c", WORKER, str(events), str(passes)]
+    command = [sys.executable, "-c", script, *argv]
     if cpu and shutil.which("taskset"):
         command = ["taskset", "-c", cpu, *command]
     done = subprocess.run(
-        command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True
+        command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=False
     )
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree}: worker failed:\n{done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     if not result["driftmon"].startswith(str(tree)):  # the wrong tree was imported
         raise RuntimeError(f"{tree}: imported {result['driftmon']}")
-    return float(result["warm"])
+    return result
+
+
+def run_arm(tree: Path, events: Path, passes: int, cpu: str, env_extra: dict[str, str]) -> float:
+    return float(_run_worker(tree, WORKER, [str(events), str(passes)], cpu, env_extra)["warm"])
 
 
 def run_daemon_arm(
@@ -197,19 +207,8 @@ def run_daemon_arm(
     cpu: str,
     env_extra: dict[str, str],
 ) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(tree), **env_extra}
-    command = [sys.executable, "-c", DAEMON_WORKER, bootstrap, topic, str(total), str(warm)]
-    command.append(str(events))
-    if cpu and shutil.which("taskset"):
-        command = ["taskset", "-c", cpu, *command]
-    done = subprocess.run(
-        command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{tree}: daemon arm failed:\n{done.stderr[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if not result["driftmon"].startswith(str(tree)):
-        raise RuntimeError(f"{tree}: imported {result['driftmon']}")
+    argv = [bootstrap, topic, str(total), str(warm), str(events)]
+    result = _run_worker(tree, DAEMON_WORKER, argv, cpu, env_extra)
     return {"wall_us": result["wall_us"], "cpu_us": result["cpu_us"]}
 
 
